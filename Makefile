@@ -1,0 +1,33 @@
+# The two entry points: `make demo` (the main job) and `make test` (the suite).
+# Both create .venv on first use and install the project from pyproject.toml,
+# pinned by constraints.txt; later runs reuse it and reinstall only when those change.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.fastssl-installed
+PYTEST_ARGS ?=
+DEMO_ARGS ?=
+
+.PHONY: test demo lint bench clean-venv
+
+$(STAMP): pyproject.toml constraints.txt
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "fastssl needs Python 3.11 or newer; set PYTHON=python3.11")'
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet -e '.[dev]' -c constraints.txt
+	@touch $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+demo: $(STAMP)
+	$(VENV)/bin/fastssl demo $(DEMO_ARGS)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+bench: $(STAMP)
+	$(PY) benchmarks/bench_shard_writer.py
+
+clean-venv:
+	rm -rf $(VENV)

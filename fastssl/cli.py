@@ -1,0 +1,138 @@
+"""The `fastssl` command: argument handling only; the work lives in the library modules."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from fastssl import __version__
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def _add_shards(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "shards",
+        help="write a folder of images into WebDataset shards with DALI indexes",
+        description=(
+            "Shard SRC (an ImageFolder tree with one sub-folder per class, or a flat folder of "
+            "unlabelled images) into OUT/shard-NNNNNN.tar with a DALI index (.idx) beside each, "
+            "OUT/manifest.json and OUT/rejects.jsonl. Every input is decoded fully; bad inputs "
+            "are listed in rejects.jsonl with a reason and do not stop the run. Exits non-zero "
+            "only when nothing could be written or OUT cannot be used."
+        ),
+    )
+    p.add_argument("src", type=Path, help="source folder")
+    p.add_argument("out", type=Path, help="output folder (created if missing)")
+    p.add_argument("--shard-size", type=_positive, default=1000, help="samples per shard (1000)")
+    p.add_argument(
+        "--workers",
+        type=_positive,
+        default=None,
+        help="decode/validate processes (default: all cores)",
+    )
+    p.add_argument(
+        "--max-side",
+        type=_positive,
+        default=None,
+        help="downscale images whose longer side exceeds this (re-encodes them)",
+    )
+    p.add_argument(
+        "--quality",
+        type=int,
+        default=None,
+        help="re-encode every image at this JPEG quality (default: keep valid JPEG bytes)",
+    )
+    p.add_argument(
+        "--shuffle-seed",
+        type=int,
+        default=None,
+        help="shuffle inputs with this seed so classes mix across shards",
+    )
+    p.add_argument(
+        "--max-pixels",
+        type=_positive,
+        default=None,
+        help="refuse images with more pixels than this, before decoding (2**26)",
+    )
+    p.add_argument("--overwrite", action="store_true", help="replace shard output already in OUT")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _add_index(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "index",
+        help="write DALI (wds2idx v1.2) indexes for existing tar shards",
+        description="Write TAR's index next to it (shard.tar -> shard.idx), as DALI's wds2idx does.",
+    )
+    p.add_argument("tars", type=Path, nargs="+", help="tar files")
+
+
+def _add_inspect(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "inspect",
+        help="summarise a shard folder and check it (checksums, index vs tar, decodable samples)",
+        description=(
+            "Print the manifest of DATA (a shard folder or manifest.json) and the rejects count. "
+            "With --verify, re-hash every shard and read every sample through its index."
+        ),
+    )
+    p.add_argument("data", type=Path, help="shard folder or manifest.json")
+    p.add_argument("--verify", action="store_true", help="check checksums and read every sample")
+
+
+def _add_demo(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "demo",
+        help="build the demo corpus from packaged photographs, shard it and plan an epoch",
+        description=(
+            "Build an ImageNet-like corpus from photographs shipped by scikit-image, scikit-learn "
+            "and matplotlib, plant a few bad files, shard it (listing the bad files as rejects), "
+            "then plan one epoch for 2 ranks x 2 workers and read a batch back through the index."
+        ),
+    )
+    p.add_argument("--out", type=Path, default=Path("demo_out"), help="output folder (demo_out)")
+    p.add_argument("--num-images", type=_positive, default=2000, help="corpus size (2000)")
+    p.add_argument("--seed", type=int, default=0, help="corpus and plan seed (0)")
+    p.add_argument("--shard-size", type=_positive, default=250, help="samples per shard (250)")
+    p.add_argument("--workers", type=_positive, default=None, help="sharding processes (all cores)")
+    p.add_argument("--no-bad-files", action="store_true", help="do not plant bad files")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fastssl",
+        description="fastssl: a data engine for self-supervised image pretraining.",
+    )
+    parser.add_argument("--version", action="version", version=f"fastssl {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_shards(sub)
+    _add_index(sub)
+    _add_inspect(sub)
+    _add_demo(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `fastssl` console script; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    from fastssl import commands  # imported late so that `--help` stays fast
+
+    handler = {
+        "shards": commands.run_shards,
+        "index": commands.run_index,
+        "inspect": commands.run_inspect,
+        "demo": commands.run_demo,
+    }[args.command]
+    return handler(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,142 @@
+"""Bodies of the `fastssl` subcommands: call the library, print what happened, pick the exit status."""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import sys
+from collections import Counter
+
+from fastssl.errors import DataError
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+def _err(message: str) -> None:
+    print(f"fastssl: error: {message}", file=sys.stderr)
+
+
+def run_shards(args: argparse.Namespace) -> int:
+    from fastssl.data.images import DEFAULT_MAX_PIXELS
+    from fastssl.data.writer import OutputError, write_shards
+
+    try:
+        report = write_shards(
+            args.src,
+            args.out,
+            shard_size=args.shard_size,
+            workers=args.workers,
+            max_side=args.max_side,
+            quality=args.quality,
+            shuffle_seed=args.shuffle_seed,
+            max_pixels=args.max_pixels or DEFAULT_MAX_PIXELS,
+            overwrite=args.overwrite,
+            progress=not args.quiet,
+        )
+    except (OutputError, NotADirectoryError, ValueError) as err:
+        _err(str(err))
+        return EXIT_USAGE
+    print(report.summary())
+    if report.written == 0:
+        _err(f"nothing was written: all {report.inputs} inputs were rejected or there were none")
+        return EXIT_FAILED
+    return EXIT_OK
+
+
+def run_index(args: argparse.Namespace) -> int:
+    from fastssl.data.index import build_index, write_index
+
+    status = EXIT_OK
+    for tar in args.tars:
+        target = tar.with_suffix(".idx")
+        try:
+            index = build_index(tar)
+        except DataError as err:
+            _err(str(err))
+            status = EXIT_FAILED
+            continue
+        write_index(index, target)
+        print(f"{target}: {len(index)} samples, members {', '.join(index.exts) or 'none'}")
+    return status
+
+
+def _verify(manifest) -> list[str]:
+    """Re-hash each shard and read and decode every sample; returns the problems found."""
+    from PIL import Image
+
+    from fastssl.data.manifest import sha256_file
+    from fastssl.data.source import ByteSource
+
+    problems: list[str] = []
+    with ByteSource(manifest) as source:
+        for i, info in enumerate(manifest.shards):
+            try:
+                if sha256_file(manifest.shard_path(i)) != info.sha256:
+                    problems.append(f"{info.path}: checksum does not match the manifest")
+                index = source.index(i)
+            except (OSError, DataError) as err:
+                problems.append(f"{info.path}: {err}")
+                continue
+            for sample in range(len(index)):
+                try:
+                    data = source.read(i, sample, exts=("jpg",)).members["jpg"]
+                    with Image.open(io.BytesIO(data)) as image:
+                        image.load()
+                except DataError as err:
+                    problems.append(str(err))
+                except Exception as err:  # noqa: BLE001 (any decode failure is a finding)
+                    problems.append(f"{info.path} key {index.keys[sample]!r}: cannot decode: {err}")
+    return problems
+
+
+def run_inspect(args: argparse.Namespace) -> int:
+    from fastssl.data.manifest import Manifest
+
+    try:
+        manifest = Manifest.load(args.data)
+    except DataError as err:
+        _err(str(err))
+        return EXIT_USAGE
+    sizes = manifest.shard_sizes
+    print(f"manifest  {manifest.root / 'manifest.json'}")
+    print(
+        f"samples   {manifest.num_samples} in {len(manifest.shards)} shards "
+        f"({sizes.min() if len(sizes) else 0}-{sizes.max() if len(sizes) else 0} per shard), "
+        f"{sum(s.bytes for s in manifest.shards) / 1e6:.1f} MB"
+    )
+    classes = manifest.classes
+    print(
+        f"classes   {len(classes)}: {', '.join(classes[:8])}{' ...' if len(classes) > 8 else ''}"
+        if classes is not None
+        else "classes   none (unlabelled)"
+    )
+    rejects = manifest.root / "rejects.jsonl"
+    if rejects.exists():
+        kinds = Counter(json.loads(line)["kind"] for line in rejects.read_text().splitlines() if line)
+        detail = ", ".join(f"{k} {n}" for k, n in sorted(kinds.items()))
+        print(f"rejects   {sum(kinds.values())}" + (f" ({detail})" if detail else ""))
+    if not args.verify:
+        return EXIT_OK
+    problems = _verify(manifest)
+    for problem in problems:
+        print(f"  problem: {problem}")
+    print(
+        f"verify    {'OK' if not problems else f'{len(problems)} problems'}: checksums, index vs "
+        "tar, every image decodes"
+    )
+    return EXIT_OK if not problems else EXIT_FAILED
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    from fastssl.demo import run_demo as demo
+
+    return demo(
+        args.out,
+        num_images=args.num_images,
+        seed=args.seed,
+        shard_size=args.shard_size,
+        workers=args.workers,
+        plant_bad=not args.no_bad_files,
+        progress=not args.quiet,
+    )

@@ -1,0 +1,167 @@
+"""Per-shard sample index in the format of DALI's `wds2idx` (v1.2), built by scanning tar headers.
+
+The index lets a reader fetch any sample's members with one positional read, without scanning
+the tar, and `fn.readers.webdataset(index_paths=...)` accepts the same files.
+"""
+
+from __future__ import annotations
+
+import os
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from fastssl.errors import IndexMismatchError, ShardError
+
+INDEX_VERSION = "v1.2"
+
+
+def split_member_name(name: str) -> tuple[str, str]:
+    """Split a member name into (key, extension) at the first dot of its last path part, as DALI does."""
+    dot = name.find(".", name.rfind("/") + 1)
+    if dot < 0:
+        return name, ""
+    return name[:dot], name[dot + 1 :]
+
+
+@dataclass(frozen=True)
+class ShardIndex:
+    """Where each sample's members lie in one tar: `offsets[i, j]`/`sizes[i, j]` for key i, ext j.
+
+    Offsets point at member data (after the 512-byte header); -1 marks a member the sample lacks.
+    Kept as arrays rather than objects so that an ImageNet-sized index stays small in every worker.
+    """
+
+    keys: tuple[str, ...]
+    exts: tuple[str, ...]
+    offsets: np.ndarray
+    sizes: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def member(self, sample: int, ext: str) -> tuple[int, int] | None:
+        """(offset, size) of `ext` for sample number `sample`, or None when the sample lacks it."""
+        try:
+            j = self.exts.index(ext)
+        except ValueError:
+            return None
+        offset = int(self.offsets[sample, j])
+        return None if offset < 0 else (offset, int(self.sizes[sample, j]))
+
+    def exts_of(self, sample: int) -> list[str]:
+        """The extensions sample number `sample` has, in index order."""
+        return [e for j, e in enumerate(self.exts) if self.offsets[sample, j] >= 0]
+
+    def to_text(self) -> str:
+        """The index as DALI's v1.2 text: a header line, then `ext offset size name ...` per sample."""
+        lines = [f"{INDEX_VERSION} {len(self.keys)}"]
+        order = np.argsort(self.offsets, axis=1, kind="stable")
+        for i, key in enumerate(self.keys):
+            fields = []
+            for j in order[i]:
+                if self.offsets[i, j] >= 0:
+                    ext = self.exts[j]
+                    fields.append(f"{ext} {self.offsets[i, j]} {self.sizes[i, j]} {key}.{ext}")
+            lines.append(" ".join(fields))
+        return "\n".join(lines) + "\n"
+
+
+def _from_rows(rows: list[tuple[str, list[tuple[str, int, int]]]]) -> ShardIndex:
+    exts = sorted({ext for _, members in rows for ext, _, _ in members})
+    col = {ext: j for j, ext in enumerate(exts)}
+    offsets = np.full((len(rows), len(exts)), -1, dtype=np.int64)
+    sizes = np.zeros((len(rows), len(exts)), dtype=np.int64)
+    for i, (_, members) in enumerate(rows):
+        for ext, offset, size in members:
+            offsets[i, col[ext]] = offset
+            sizes[i, col[ext]] = size
+    return ShardIndex(tuple(key for key, _ in rows), tuple(exts), offsets, sizes)
+
+
+def build_index(tar_path: str | os.PathLike) -> ShardIndex:
+    """Scan a tar's headers (not its data) and index its samples.
+
+    Follows `wds2idx`: only regular files count, members without a key or extension are
+    skipped, and consecutive members with the same key form one sample.
+    """
+    tar_path = Path(tar_path)
+    rows: list[tuple[str, list[tuple[str, int, int]]]] = []
+    try:
+        with tarfile.open(tar_path, mode="r:") as tar:
+            for info in tar:
+                if not info.isreg():
+                    continue
+                key, ext = split_member_name(info.name)
+                if not key or key.endswith("/") or not ext:
+                    continue
+                if any(c.isspace() for c in info.name):
+                    raise ShardError(
+                        f"member name {info.name!r} contains whitespace, which the index format "
+                        "cannot represent",
+                        shard=str(tar_path),
+                        key=key,
+                    )
+                if rows and rows[-1][0] == key:
+                    rows[-1][1].append((ext, info.offset_data, info.size))
+                else:
+                    rows.append((key, [(ext, info.offset_data, info.size)]))
+    except (tarfile.TarError, EOFError) as err:
+        raise ShardError(f"not a readable tar file: {err}", shard=str(tar_path)) from err
+    return _from_rows(rows)
+
+
+def write_index(index: ShardIndex, path: str | os.PathLike) -> None:
+    """Write `index` as a DALI v1.2 index file."""
+    Path(path).write_text(index.to_text(), encoding="utf-8")
+
+
+def read_index(path: str | os.PathLike, *, shard: str | None = None) -> ShardIndex:
+    """Parse a DALI v1.2 index file; malformed content raises `IndexMismatchError` naming the file."""
+    path = Path(path)
+    shard_name = shard or str(path)
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError as err:
+        raise ShardError(f"cannot read index {path}: {err.strerror}", shard=shard_name) from err
+    header = lines[0].split() if lines else []
+    if len(header) != 2 or header[0] != INDEX_VERSION or not header[1].isdigit():
+        raise IndexMismatchError(
+            f"index {path} does not start with '{INDEX_VERSION} <count>' (rebuild it with `fastssl index`)",
+            shard=shard_name,
+        )
+    count = int(header[1])
+    body = [line for line in lines[1:] if line.strip()]
+    if len(body) != count:
+        raise IndexMismatchError(
+            f"index {path} declares {count} samples but lists {len(body)}", shard=shard_name
+        )
+    rows: list[tuple[str, list[tuple[str, int, int]]]] = []
+    for lineno, line in enumerate(body, start=2):
+        fields = line.split()
+        if not fields or len(fields) % 4:
+            raise IndexMismatchError(
+                f"index {path} line {lineno} is not 'ext offset size name' groups", shard=shard_name
+            )
+        members = []
+        key = None
+        for g in range(0, len(fields), 4):
+            ext, offset, size, name = fields[g : g + 4]
+            member_key, _ = split_member_name(name)
+            if key is not None and member_key != key:
+                raise IndexMismatchError(
+                    f"index {path} line {lineno} mixes keys {key!r} and {member_key!r}",
+                    shard=shard_name,
+                )
+            key = member_key
+            if not (offset.isdigit() and size.isdigit()):
+                raise IndexMismatchError(
+                    f"index {path} line {lineno} has a non-numeric offset or size",
+                    shard=shard_name,
+                    key=key,
+                )
+            members.append((ext, int(offset), int(size)))
+        rows.append((key, members))
+    return _from_rows(rows)

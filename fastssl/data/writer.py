@@ -1,0 +1,292 @@
+"""Write a folder of images into WebDataset shards with DALI indexes, a manifest and a rejects list."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import webdataset as wds
+from tqdm import tqdm
+
+from fastssl.data.images import DEFAULT_MAX_PIXELS, PreparedImage, RejectedInput, read_and_prepare
+from fastssl.data.index import build_index, write_index
+from fastssl.data.keys import make_keys
+from fastssl.data.manifest import MANIFEST_NAME, Manifest, ShardInfo, sha256_file
+from fastssl.data.scan import scan_source
+from fastssl.errors import ShardError
+
+REJECTS_NAME = "rejects.jsonl"
+SHARD_PATTERN = "shard-{:06d}.tar"
+# Fixed member mtime so the same inputs give byte-identical shards (and checksums);
+# SOURCE_DATE_EPOCH overrides it, as in reproducible-build tooling.
+DEFAULT_MTIME = 0
+
+
+class OutputError(RuntimeError):
+    """The output folder cannot be used: not writable, or it holds shards and overwrite is off."""
+
+
+@dataclass
+class WriteReport:
+    """What a shard run did; `written + rejected == inputs` always holds."""
+
+    out: Path
+    inputs: int = 0
+    written: int = 0
+    reencoded: int = 0
+    rejects: Counter = field(default_factory=Counter)
+    shards: list[ShardInfo] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def rejected(self) -> int:
+        return sum(self.rejects.values())
+
+    @property
+    def bytes(self) -> int:
+        return sum(s.bytes for s in self.shards)
+
+    @property
+    def files_per_second(self) -> float:
+        return self.inputs / self.seconds if self.seconds > 0 else 0.0
+
+    def summary(self) -> str:
+        lines = [
+            f"inputs   {self.inputs}",
+            f"written  {self.written} samples ({self.reencoded} re-encoded) in "
+            f"{len(self.shards)} shards, {self.bytes / 1e6:.1f} MB, to {self.out}",
+            f"rejected {self.rejected}" + (f" (see {self.out / REJECTS_NAME})" if self.rejected else ""),
+        ]
+        lines += [f"  {count:6d}  {kind}" for kind, count in sorted(self.rejects.items())]
+        lines.append(
+            f"time     {self.seconds:.1f} s, {self.files_per_second:.0f} files/s "
+            f"(written + rejected = {self.written + self.rejected} = inputs)"
+        )
+        return "\n".join(lines)
+
+
+class _ShardSink:
+    """Fills shards of `shard_size` samples under temporary names and renames each when complete."""
+
+    def __init__(self, out: Path, shard_size: int, mtime: float) -> None:
+        self.out, self.shard_size, self.mtime = out, shard_size, mtime
+        self.shards: list[ShardInfo] = []
+        self._keys: list[str] = []
+        self._file = None
+        self._writer: wds.TarWriter | None = None
+
+    def _tmp(self, name: str) -> Path:
+        return self.out / f".{name}.{os.getpid()}.tmp"
+
+    def _names(self) -> tuple[str, str]:
+        tar_name = SHARD_PATTERN.format(len(self.shards))
+        return tar_name, tar_name[: -len(".tar")] + ".idx"
+
+    def add(self, key: str, jpeg: bytes, label: int | None) -> None:
+        if self._writer is None:
+            self._file = open(self._tmp(self._names()[0]), "wb")  # noqa: SIM115 (closed in _finish)
+            self._writer = wds.TarWriter(self._file, encoder=False, mtime=self.mtime)
+        sample = {"__key__": key, "jpg": jpeg}
+        if label is not None:
+            sample["cls"] = str(label).encode("ascii")
+        self._writer.write(sample)
+        self._keys.append(key)
+        if len(self._keys) == self.shard_size:
+            self._finish()
+
+    def _finish(self) -> None:
+        tar_name, idx_name = self._names()
+        self._writer.close()
+        self._file.close()
+        self._writer = self._file = None
+        tmp_tar, tmp_idx = self._tmp(tar_name), self._tmp(idx_name)
+        index = build_index(tmp_tar)
+        if list(index.keys) != self._keys:
+            raise ShardError("index of the shard just written does not list its keys", shard=tar_name)
+        write_index(index, tmp_idx)
+        info = ShardInfo(
+            path=tar_name,
+            index=idx_name,
+            samples=len(self._keys),
+            bytes=tmp_tar.stat().st_size,
+            sha256=sha256_file(tmp_tar),
+        )
+        # Index first: a tar under its final name always has its index beside it.
+        os.replace(tmp_idx, self.out / idx_name)
+        os.replace(tmp_tar, self.out / tar_name)
+        self.shards.append(info)
+        self._keys = []
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._finish()
+
+    def abort(self) -> None:
+        """Drop the shard in progress; complete shards stay."""
+        if self._writer is not None:
+            self._file.close()
+        for name in self._names():
+            self._tmp(name).unlink(missing_ok=True)
+        self._writer = self._file = None
+
+
+def _owned_outputs(out: Path) -> list[Path]:
+    names = [out / MANIFEST_NAME, out / REJECTS_NAME]
+    globs = [
+        "shard-*.tar",
+        "shard-*.idx",
+        ".shard-*.tmp",
+        f".{MANIFEST_NAME}.*.tmp",
+        f".{REJECTS_NAME}.*.tmp",
+    ]
+    return [p for p in names if p.exists()] + sorted(p for g in globs for p in out.glob(g))
+
+
+def _prepare_output(out: Path, overwrite: bool) -> None:
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".fastssl-write-probe.{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as err:
+        raise OutputError(f"output folder {out} is not writable: {err.strerror or err}") from err
+    existing = _owned_outputs(out)
+    if existing and not overwrite:
+        raise OutputError(
+            f"{out} already holds shard output ({existing[0].name}, ...); pass --overwrite to replace it"
+        )
+    for path in existing:
+        path.unlink()
+
+
+def _prepared(paths: list[str], workers: int, **options) -> Iterator[PreparedImage | RejectedInput]:
+    """Prepare inputs in order, in `workers` processes (in this process when workers == 1)."""
+    task = partial(read_and_prepare, **options)
+    if workers <= 1:
+        yield from map(task, paths)
+        return
+    # spawn, not fork: the caller may hold threads (torch, DALI) that fork would copy half-alive.
+    with multiprocessing.get_context("spawn").Pool(workers) as pool:
+        yield from pool.imap(task, paths, chunksize=8)
+
+
+def default_workers() -> int:
+    """All cores this process may use."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def write_shards(
+    src: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    shard_size: int = 1000,
+    workers: int | None = None,
+    max_side: int | None = None,
+    quality: int | None = None,
+    shuffle_seed: int | None = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> WriteReport:
+    """Shard the images under `src` into `out`.
+
+    Every input is decoded fully; bad ones are listed in `out/rejects.jsonl` with a reason and
+    never stop the run. Shards hold `<key>.jpg` (and `<key>.cls` for ImageFolder trees), each
+    with a DALI v1.2 index; `out/manifest.json` is written last. `shuffle_seed` spreads classes
+    across shards; without it inputs keep their sorted order.
+    """
+    if shard_size < 1:
+        raise ValueError(f"shard_size must be at least 1, got {shard_size}")
+    if quality is not None and not 1 <= quality <= 100:
+        raise ValueError(f"quality must be in 1..100, got {quality}")
+    if max_side is not None and max_side < 1:
+        raise ValueError(f"max_side must be positive, got {max_side}")
+    src, out = Path(src), Path(out)
+    listing = scan_source(src)
+    _prepare_output(out, overwrite)
+    workers = workers or default_workers()
+    started = time.perf_counter()
+
+    report = WriteReport(out=out)
+    rejects: list[dict] = []
+
+    def reject(relpath: str, kind: str, reason: str) -> None:
+        report.rejects[kind] += 1
+        rejects.append({"path": str(src / relpath), "kind": kind, "reason": reason})
+
+    for relpath in listing.hidden:
+        reject(relpath, "hidden", "hidden name (leading dot) is not read")
+    for relpath, kind, reason in listing.refused:
+        reject(relpath, kind, reason)
+    report.inputs = len(listing.hidden) + len(listing.refused) + len(listing.inputs)
+
+    keys = make_keys(f.relpath for f in listing.inputs)
+    order = np.arange(len(listing.inputs))
+    if shuffle_seed is not None:
+        order = np.random.default_rng(shuffle_seed).permutation(len(listing.inputs))
+    ordered = [listing.inputs[i] for i in order]
+    paths = [str(src / f.relpath) for f in ordered]
+
+    mtime = float(os.environ.get("SOURCE_DATE_EPOCH", DEFAULT_MTIME))
+    sink = _ShardSink(out, shard_size, mtime)
+    bar = tqdm(total=len(paths), unit="file", desc="sharding", disable=not progress, smoothing=0.1)
+    try:
+        results = _prepared(paths, workers, max_side=max_side, quality=quality, max_pixels=max_pixels)
+        for i, result in zip(order, results, strict=True):
+            item = listing.inputs[i]
+            if isinstance(result, RejectedInput):
+                reject(item.relpath, result.kind, result.reason)
+            else:
+                sink.add(keys[i], result.data, item.label)
+                report.written += 1
+                report.reencoded += result.reencoded
+            bar.update()
+        sink.close()
+    except BaseException:
+        sink.abort()
+        raise
+    finally:
+        bar.close()
+
+    report.shards = sink.shards
+    report.seconds = time.perf_counter() - started
+    _write_rejects(out, rejects)
+    Manifest(
+        shards=tuple(sink.shards),
+        classes=listing.classes,
+        extra={
+            "source": str(src.resolve()),
+            "created": datetime.now(UTC).isoformat(timespec="seconds"),
+            "writer": {
+                "shard_size": shard_size,
+                "max_side": max_side,
+                "quality": quality,
+                "shuffle_seed": shuffle_seed,
+                "max_pixels": max_pixels,
+            },
+            "counts": {
+                "inputs": report.inputs,
+                "written": report.written,
+                "reencoded": report.reencoded,
+                "rejected": report.rejected,
+            },
+        },
+    ).save(out)
+    return report
+
+
+def _write_rejects(out: Path, rejects: list[dict]) -> None:
+    tmp = out / f".{REJECTS_NAME}.{os.getpid()}.tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        for row in rejects:
+            f.write(json.dumps(row) + "\n")
+    os.replace(tmp, out / REJECTS_NAME)
