@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
+import tarfile
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -77,7 +78,7 @@ class WriteReport:
 class _ShardSink:
     """Fills shards of `shard_size` samples under temporary names and renames each when complete."""
 
-    def __init__(self, out: Path, shard_size: int, mtime: float) -> None:
+    def __init__(self, out: Path, shard_size: int, mtime: int) -> None:
         self.out, self.shard_size, self.mtime = out, shard_size, mtime
         self.shards: list[ShardInfo] = []
         self._keys: list[str] = []
@@ -94,7 +95,11 @@ class _ShardSink:
     def add(self, key: str, jpeg: bytes, label: int | None) -> None:
         if self._writer is None:
             self._file = open(self._tmp(self._names()[0]), "wb")  # noqa: SIM115 (closed in _finish)
-            self._writer = wds.TarWriter(self._file, encoder=False, mtime=self.mtime)
+            # ustar with an integer mtime: one 512-byte header per member. (A float mtime, or
+            # tarfile's default pax format, adds a 1 KiB pax record to every member.)
+            self._writer = wds.TarWriter(
+                self._file, encoder=False, mtime=self.mtime, format=tarfile.USTAR_FORMAT
+            )
         sample = {"__key__": key, "jpg": jpeg}
         if label is not None:
             sample["cls"] = str(label).encode("ascii")
@@ -236,7 +241,7 @@ def write_shards(
     ordered = [listing.inputs[i] for i in order]
     paths = [str(src / f.relpath) for f in ordered]
 
-    mtime = float(os.environ.get("SOURCE_DATE_EPOCH", DEFAULT_MTIME))
+    mtime = int(os.environ.get("SOURCE_DATE_EPOCH", DEFAULT_MTIME))
     sink = _ShardSink(out, shard_size, mtime)
     bar = tqdm(total=len(paths), unit="file", desc="sharding", disable=not progress, smoothing=0.1)
     try:

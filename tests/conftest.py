@@ -1,0 +1,50 @@
+"""Shared fixtures: small image folders and shard sets built with the real writer."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from fastssl.data.faults import small_jpeg
+from fastssl.data.writer import write_shards
+
+CLASSES = ("cat", "dog", "fish")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Skip tests marked `gpu` cleanly when no CUDA device is present."""
+    try:
+        import torch
+
+        has_gpu = torch.cuda.is_available()
+    except ImportError:
+        has_gpu = False
+    if has_gpu:
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU; none on this machine")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+def make_image_folder(root: Path, per_class: int = 5, classes: tuple[str, ...] = CLASSES) -> Path:
+    """An ImageFolder tree of small valid JPEGs with distinct contents."""
+    for c, name in enumerate(classes):
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            data = small_jpeg(64 + 8 * i, 48 + 4 * c, seed=100 * c + i)
+            (root / name / f"{name}_{i:03d}.jpg").write_bytes(data)
+    return root
+
+
+@pytest.fixture
+def image_folder(tmp_path: Path) -> Path:
+    return make_image_folder(tmp_path / "src")
+
+
+@pytest.fixture
+def shard_dir(image_folder: Path, tmp_path: Path) -> Path:
+    out = tmp_path / "shards"
+    write_shards(image_folder, out, shard_size=4, workers=1, progress=False)
+    return out

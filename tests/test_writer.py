@@ -1,0 +1,202 @@
+"""`write_shards`: good inputs written intact, every bad one listed, atomic shards, honest counts."""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import CLASSES, make_image_folder
+from PIL import Image
+
+import fastssl.data.writer as writer_module
+from fastssl.data.faults import plant_bad_files, small_jpeg
+from fastssl.data.index import build_index
+from fastssl.data.manifest import Manifest, sha256_file
+from fastssl.data.writer import OutputError, write_shards
+
+
+def members(tar_path: Path) -> dict[str, bytes]:
+    with tarfile.open(tar_path) as tar:
+        return {m.name: tar.extractfile(m).read() for m in tar}
+
+
+def all_members(out: Path) -> dict[str, bytes]:
+    found: dict[str, bytes] = {}
+    for tar in sorted(out.glob("shard-*.tar")):
+        found.update(members(tar))
+    return found
+
+
+def rejects(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "rejects.jsonl").read_text().splitlines()]
+
+
+def test_imagefolder_shards_keep_bytes_and_labels(image_folder: Path, tmp_path: Path):
+    out = tmp_path / "out"
+    report = write_shards(image_folder, out, shard_size=4, workers=1, progress=False)
+    assert (report.inputs, report.written, report.rejected, report.reencoded) == (15, 15, 0, 0)
+    manifest = Manifest.load(out)
+    assert manifest.classes == CLASSES
+    assert [s.samples for s in manifest.shards] == [4, 4, 4, 3]
+    for i, info in enumerate(manifest.shards):
+        path = manifest.shard_path(i)
+        assert path.name == f"shard-{i:06d}.tar" and manifest.index_path(i).exists()
+        assert info.bytes == path.stat().st_size and info.sha256 == sha256_file(path)
+    stored = all_members(out)
+    for label, name in enumerate(CLASSES):
+        for source in (image_folder / name).iterdir():
+            key = f"{name}__{source.name.split('.')[0]}"
+            assert stored[f"{key}.jpg"] == source.read_bytes()  # valid JPEG kept byte for byte
+            assert stored[f"{key}.cls"] == str(label).encode()
+    assert (out / "rejects.jsonl").read_text() == ""
+    assert not list(out.glob(".*tmp"))
+    # plain ustar: each member is one 512-byte header then its data, no pax records
+    first = build_index(manifest.shard_path(0))
+    assert first.member(0, "cls") == (512, 1)
+    assert first.member(0, "jpg")[0] == 1536
+
+
+def test_flat_folder_is_unlabelled(tmp_path: Path):
+    src = tmp_path / "flat"
+    src.mkdir()
+    for i in range(3):
+        (src / f"img{i}.jpg").write_bytes(small_jpeg(seed=i))
+    out = tmp_path / "out"
+    write_shards(src, out, workers=1, progress=False)
+    assert Manifest.load(out).classes is None
+    assert sorted(all_members(out)) == ["img0.jpg", "img1.jpg", "img2.jpg"]
+
+
+def test_every_bad_file_is_listed_and_good_ones_written(image_folder: Path, tmp_path: Path):
+    expected = plant_bad_files(image_folder / "dog")
+    (image_folder / "stray.jpg").write_bytes(small_jpeg())  # outside any class folder
+    (image_folder / "cat" / ".DS_Store").write_bytes(b"\0")
+    out = tmp_path / "out"
+    report = write_shards(image_folder, out, shard_size=4, workers=1, progress=False)
+    listed = {Path(r["path"]).name: r for r in rejects(out)}
+    for name, kind in expected.items():
+        assert listed[name]["kind"] == kind
+        assert listed[name]["path"] == str(image_folder / "dog" / name)
+        assert listed[name]["reason"]
+    assert listed["stray.jpg"]["kind"] == "unlabelled"
+    assert listed[".DS_Store"]["kind"] == "hidden"
+    assert report.written == 15
+    assert report.rejected == len(expected) + 2 == len(listed)
+    assert report.written + report.rejected == report.inputs
+    assert Manifest.load(out).extra["counts"]["rejected"] == report.rejected
+    assert "written + rejected = 22 = inputs" in report.summary()
+
+
+def _save(image: Image.Image, path: Path, **kwargs) -> None:
+    image.save(path, **kwargs)
+
+
+def test_non_jpeg_and_unusual_jpegs_are_reencoded_upright(tmp_path: Path):
+    src = tmp_path / "src"
+    src.mkdir()
+    base = Image.open(io.BytesIO(small_jpeg(80, 40))).convert("RGB")
+    _save(base, src / "png.png", format="PNG")
+    _save(base.convert("RGBA"), src / "rgba.png", format="PNG")
+    _save(base.convert("CMYK"), src / "cmyk.jpg", format="JPEG")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees on display
+    _save(base, src / "rotated.jpg", format="JPEG", exif=exif)
+    out = tmp_path / "out"
+    report = write_shards(src, out, workers=1, progress=False)
+    assert (report.written, report.reencoded) == (4, 4)
+    for name, data in all_members(out).items():
+        with Image.open(io.BytesIO(data)) as image:
+            assert image.format == "JPEG" and image.mode == "RGB", name
+            expected = (40, 80) if name.startswith("rotated") else (80, 40)
+            assert image.size == expected, name
+            assert image.getexif().get(0x0112, 1) == 1
+
+
+def test_max_side_and_quality(image_folder: Path, tmp_path: Path):
+    out = tmp_path / "small"
+    report = write_shards(image_folder, out, max_side=50, workers=1, progress=False)
+    assert report.reencoded == 15  # every fixture image has a side over 50
+    for data in (v for k, v in all_members(out).items() if k.endswith(".jpg")):
+        assert max(Image.open(io.BytesIO(data)).size) == 50
+    low = tmp_path / "low"
+    write_shards(image_folder, low, quality=20, workers=1, progress=False)
+    assert sum(map(len, all_members(low).values())) < sum(map(len, all_members(out).values()))
+
+
+def test_pixel_limit_applies_before_decode(image_folder: Path, tmp_path: Path):
+    out = tmp_path / "out"
+    report = write_shards(image_folder, out, max_pixels=64 * 50, workers=1, progress=False)
+    too_big = [r for r in rejects(out) if r["kind"] == "too_many_pixels"]
+    assert report.written == len(list(image_folder.rglob("*.jpg"))) - len(too_big)
+    assert too_big and all("exceeds the limit of 3200" in r["reason"] for r in too_big)
+
+
+def test_shuffle_seed_mixes_classes_and_workers_do_not_change_output(tmp_path: Path):
+    src = make_image_folder(tmp_path / "src", per_class=8)
+    plain = tmp_path / "plain"
+    write_shards(src, plain, shard_size=8, workers=1, progress=False)
+    first = [n for n in members(plain / "shard-000000.tar") if n.endswith(".jpg")]
+    assert {n.split("__")[0] for n in first} == {"cat"}  # sorted order: one class per shard
+    one, two = tmp_path / "one", tmp_path / "two"
+    write_shards(src, one, shard_size=8, workers=1, shuffle_seed=3, progress=False)
+    write_shards(src, two, shard_size=8, workers=2, shuffle_seed=3, progress=False)
+    mixed = [n for n in members(one / "shard-000000.tar") if n.endswith(".jpg")]
+    assert len({n.split("__")[0] for n in mixed}) > 1
+    assert [s.sha256 for s in Manifest.load(one).shards] == [s.sha256 for s in Manifest.load(two).shards]
+
+
+def test_existing_output_needs_overwrite_and_is_replaced_whole(image_folder: Path, tmp_path: Path):
+    out = tmp_path / "out"
+    write_shards(image_folder, out, shard_size=2, workers=1, progress=False)
+    assert len(list(out.glob("shard-*.tar"))) == 8
+    (out / "notes.txt").write_text("user file")
+    with pytest.raises(OutputError, match="--overwrite"):
+        write_shards(image_folder, out, workers=1, progress=False)
+    write_shards(image_folder, out, shard_size=100, workers=1, overwrite=True, progress=False)
+    assert sorted(p.name for p in out.iterdir()) == [
+        "manifest.json",
+        "notes.txt",
+        "rejects.jsonl",
+        "shard-000000.idx",
+        "shard-000000.tar",
+    ]
+
+
+def test_unwritable_output_is_reported(image_folder: Path, tmp_path: Path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    with pytest.raises(OutputError, match="not writable"):
+        write_shards(image_folder, blocker / "out", workers=1, progress=False)
+
+
+def test_interrupted_run_leaves_no_partial_shard(image_folder: Path, tmp_path: Path, monkeypatch):
+    real = writer_module.read_and_prepare
+    calls = []
+
+    def interrupt_on_seventh(path, **kwargs):
+        calls.append(path)
+        if len(calls) == 7:
+            raise KeyboardInterrupt
+        return real(path, **kwargs)
+
+    monkeypatch.setattr(writer_module, "read_and_prepare", interrupt_on_seventh)
+    out = tmp_path / "out"
+    with pytest.raises(KeyboardInterrupt):
+        write_shards(image_folder, out, shard_size=3, workers=1, progress=False)
+    names = sorted(p.name for p in out.iterdir())
+    assert names == ["shard-000000.idx", "shard-000000.tar", "shard-000001.idx", "shard-000001.tar"]
+    for tar in out.glob("*.tar"):
+        assert len(members(tar)) == 6  # complete: 3 samples of jpg + cls
+
+
+def test_sizes_of_written_images_match_sources(image_folder: Path, tmp_path: Path):
+    out = tmp_path / "out"
+    write_shards(image_folder, out, workers=1, progress=False)
+    for name, data in all_members(out).items():
+        if name.endswith(".jpg"):
+            decoded = np.asarray(Image.open(io.BytesIO(data)))
+            assert decoded.dtype == np.uint8 and decoded.ndim == 3
