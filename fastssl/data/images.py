@@ -94,6 +94,10 @@ def prepare_image(
         message = str(err) or type(err).__name__
         kind = "truncated" if "truncated" in message.lower() else "corrupt"
         return RejectedInput(kind, f"cannot decode: {message}")
+    except Exception as err:  # noqa: BLE001
+        # Malformed files can trip other errors inside PIL's plugins; one bad file in a
+        # million must become a listed reject, not the end of the run.
+        return RejectedInput("corrupt", f"cannot decode: {type(err).__name__}: {err}")
 
 
 def read_and_prepare(
