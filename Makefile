@@ -27,7 +27,8 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff format --check .
 
 bench: $(STAMP)
-	$(PY) benchmarks/bench_shard_writer.py
+	$(PY) benchmarks/bench_shard_writer.py --repeats 5
+	$(PY) benchmarks/bench_plan.py --repeats 7
 
 clean-venv:
 	rm -rf $(VENV)

@@ -200,3 +200,16 @@ def test_sizes_of_written_images_match_sources(image_folder: Path, tmp_path: Pat
         if name.endswith(".jpg"):
             decoded = np.asarray(Image.open(io.BytesIO(data)))
             assert decoded.dtype == np.uint8 and decoded.ndim == 3
+
+
+def test_file_changed_between_worker_check_and_write_is_rejected(tmp_path: Path):
+    path = tmp_path / "a.jpg"
+    path.write_bytes(small_jpeg())
+    kept = writer_module._check_in_worker(str(path))
+    assert isinstance(kept, writer_module._Kept)  # only size and CRC cross the process boundary
+    assert writer_module._reload(str(path), kept).data == path.read_bytes()
+    path.write_bytes(small_jpeg(seed=9))
+    changed = writer_module._reload(str(path), kept)
+    assert (changed.kind, changed.reason) == ("changed", "file changed while it was being sharded")
+    path.unlink()
+    assert writer_module._reload(str(path), kept).kind == "unreadable"
