@@ -108,9 +108,37 @@ def build_index(tar_path: str | os.PathLike) -> ShardIndex:
                     rows[-1][1].append((ext, info.offset_data, info.size))
                 else:
                     rows.append((key, [(ext, info.offset_data, info.size)]))
+            _check_complete(tar_path, tar.offset, rows)
     except (tarfile.TarError, EOFError) as err:
         raise ShardError(f"not a readable tar file: {err}", shard=str(tar_path)) from err
+    except OSError as err:
+        raise ShardError(f"cannot read tar file: {err.strerror or err}", shard=str(tar_path)) from err
     return _from_rows(rows)
+
+
+def _check_complete(tar_path: Path, end: int, rows: list) -> None:
+    """Refuse a tar that tarfile stopped reading early: tarfile ends quietly at the first bad
+    header after the first one, and does not look at data it seeks over."""
+    file_size = tar_path.stat().st_size
+    last_end = max((offset + size for _, members in rows for _, offset, size in members), default=0)
+    if last_end > file_size:
+        raise ShardError(
+            f"truncated: a member's data ends at byte {last_end}, the file has {file_size}",
+            shard=str(tar_path),
+        )
+    with open(tar_path, "rb") as f:
+        f.seek(end)
+        while chunk := f.read(1 << 20):
+            if chunk.strip(b"\0"):
+                raise ShardError(
+                    f"unreadable tar header at byte {end}: the members after it cannot be indexed",
+                    shard=str(tar_path),
+                )
+
+
+def _is_count(text: str) -> bool:
+    """ASCII digits only (str.isdigit also accepts '²' and other digits int() refuses)."""
+    return text.isascii() and text.isdigit()
 
 
 def write_index(index: ShardIndex, path: str | os.PathLike) -> None:
@@ -126,8 +154,10 @@ def read_index(path: str | os.PathLike, *, shard: str | None = None) -> ShardInd
         lines = path.read_text(encoding="utf-8").splitlines()
     except OSError as err:
         raise ShardError(f"cannot read index {path}: {err.strerror}", shard=shard_name) from err
+    except UnicodeDecodeError as err:
+        raise IndexMismatchError(f"index {path} is not UTF-8 text", shard=shard_name) from err
     header = lines[0].split() if lines else []
-    if len(header) != 2 or header[0] != INDEX_VERSION or not header[1].isdigit():
+    if len(header) != 2 or header[0] != INDEX_VERSION or not _is_count(header[1]):
         raise IndexMismatchError(
             f"index {path} does not start with '{INDEX_VERSION} <count>' (rebuild it with `fastssl index`)",
             shard=shard_name,
@@ -156,7 +186,7 @@ def read_index(path: str | os.PathLike, *, shard: str | None = None) -> ShardInd
                     shard=shard_name,
                 )
             key = member_key
-            if not (offset.isdigit() and size.isdigit()):
+            if not (_is_count(offset) and _is_count(size)):
                 raise IndexMismatchError(
                     f"index {path} line {lineno} has a non-numeric offset or size",
                     shard=shard_name,

@@ -81,7 +81,7 @@ class Manifest:
             data = json.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError as err:
             raise ManifestError(f"no manifest at {path}", path=str(path)) from err
-        except (OSError, json.JSONDecodeError) as err:
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
             raise ManifestError(f"cannot read manifest: {err}", path=str(path)) from err
         if not isinstance(data, dict) or data.get("format") != MANIFEST_FORMAT:
             raise ManifestError(f"not a {MANIFEST_FORMAT} manifest", path=str(path))
@@ -92,17 +92,33 @@ class Manifest:
                 path=str(path),
             )
         try:
-            shards = tuple(ShardInfo(**s) for s in data["shards"])
-        except (KeyError, TypeError) as err:
+            shards = tuple(_shard_info(s) for s in data["shards"])
+        except (KeyError, TypeError, ValueError) as err:
             raise ManifestError(f"malformed shard list: {err}", path=str(path)) from err
         known = {"format", "version", "num_samples", "classes", "shards"}
         classes = data.get("classes")
+        if classes is not None and not (
+            isinstance(classes, list) and all(isinstance(c, str) for c in classes)
+        ):
+            raise ManifestError("'classes' must be a list of names or null", path=str(path))
         return cls(
             shards=shards,
             classes=tuple(classes) if classes is not None else None,
             root=path.parent,
             extra={k: v for k, v in data.items() if k not in known},
         )
+
+
+def _shard_info(entry: Any) -> ShardInfo:
+    """A ShardInfo from its JSON form, with every field's type checked."""
+    if not isinstance(entry, dict):
+        raise TypeError(f"shard entry {entry!r} is not an object")
+    info = ShardInfo(**entry)
+    for name, kind in (("path", str), ("index", str), ("samples", int), ("bytes", int), ("sha256", str)):
+        value = getattr(info, name)
+        if not isinstance(value, kind) or isinstance(value, bool) or (kind is int and value < 0):
+            raise ValueError(f"shard {entry.get('path')!r}: {name} = {value!r} is not a valid {name}")
+    return info
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 import numpy as np
@@ -23,15 +23,23 @@ _PLAN_STREAM = 0x9E3779B9  # separates the plan's random stream from other users
 
 
 def _sizes_of(data: Manifest | Sequence[int] | np.ndarray) -> np.ndarray:
-    sizes = data.shard_sizes if isinstance(data, Manifest) else np.asarray(data, dtype=np.int64)
-    if sizes.ndim != 1 or (sizes < 0).any():
+    sizes = data.shard_sizes if isinstance(data, Manifest) else np.asarray(data)
+    if sizes.ndim != 1 or (sizes.size and (sizes.dtype.kind not in "iu" or (sizes < 0).any())):
         raise ValueError("shard sizes must be a 1-D sequence of non-negative integers")
     return sizes.astype(np.int64, copy=False)
 
 
-def sizes_fingerprint(sizes: np.ndarray) -> str:
-    """Short digest of the shard sizes, stored in resume state to catch a changed dataset."""
-    return hashlib.sha1(np.ascontiguousarray(sizes, dtype="<i8").tobytes()).hexdigest()[:16]
+def data_fingerprint(data: Manifest | Sequence[int] | np.ndarray) -> str:
+    """Short digest of what a plan depends on, stored in resume state to catch changed data.
+
+    For a manifest it covers shard paths and checksums as well as sizes, so that re-sharding
+    with another shuffle (same sizes, other samples) is caught; for bare sizes, sizes only.
+    """
+    digest = hashlib.sha1(np.ascontiguousarray(_sizes_of(data), dtype="<i8").tobytes())
+    if isinstance(data, Manifest):
+        for shard in data.shards:
+            digest.update(f"\0{shard.path}\0{shard.sha256}".encode())
+    return digest.hexdigest()[:16]
 
 
 def epoch_order(sizes: np.ndarray, epoch: int, seed: int, shuffle: bool = True) -> np.ndarray:
@@ -62,7 +70,7 @@ class PlanState:
     batch_size: int
     drop_last: bool
     shuffle: bool
-    sizes_fingerprint: str
+    data_fingerprint: str
     batches_done: int
 
     def to_dict(self) -> dict[str, Any]:
@@ -70,14 +78,19 @@ class PlanState:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> PlanState:
+        """Rebuild a state from `to_dict()` output; missing or unknown keys are named."""
+        expected = {f.name for f in fields(cls)}
+        missing, unknown = expected - set(data), set(data) - expected
+        if missing or unknown:
+            raise ValueError(f"not a plan state: missing {sorted(missing)}, unknown {sorted(unknown)}")
         return cls(**data)
 
 
 @dataclass(frozen=True)
-class PlanBatch:
-    """One batch: its number in the rank's epoch and, per entry, shard, sample, global id, valid."""
+class PlanEntries:
+    """Plan entries in read order: shard number, sample within the shard, global sample id
+    (shard by shard, for per-sample seeds) and `valid` (False for padding)."""
 
-    index: int
     shard: np.ndarray
     sample: np.ndarray
     global_id: np.ndarray
@@ -86,20 +99,24 @@ class PlanBatch:
     def __len__(self) -> int:
         return len(self.shard)
 
+    def take(self, positions: np.ndarray | slice) -> dict[str, np.ndarray]:
+        """The four arrays at `positions`, as keyword arguments for a subclass."""
+        return {f.name: getattr(self, f.name)[positions] for f in fields(PlanEntries)}
+
 
 @dataclass(frozen=True)
-class ReaderPlan:
+class PlanBatch(PlanEntries):
+    """One batch; `index` is its number in the rank's epoch."""
+
+    index: int
+
+
+@dataclass(frozen=True)
+class ReaderPlan(PlanEntries):
     """The ordered work of one reader (rank, worker): its batches, flattened, with boundaries."""
 
     batch_numbers: np.ndarray  # rank-level batch numbers, ascending
     offsets: np.ndarray  # entries of batch k are [offsets[k], offsets[k + 1])
-    shard: np.ndarray
-    sample: np.ndarray
-    global_id: np.ndarray
-    valid: np.ndarray
-
-    def __len__(self) -> int:
-        return len(self.shard)
 
     @property
     def num_batches(self) -> int:
@@ -107,14 +124,8 @@ class ReaderPlan:
 
     def batches(self) -> Iterator[PlanBatch]:
         for k, number in enumerate(self.batch_numbers):
-            lo, hi = self.offsets[k], self.offsets[k + 1]
-            yield PlanBatch(
-                int(number),
-                self.shard[lo:hi],
-                self.sample[lo:hi],
-                self.global_id[lo:hi],
-                self.valid[lo:hi],
-            )
+            span = slice(self.offsets[k], self.offsets[k + 1])
+            yield PlanBatch(index=int(number), **self.take(span))
 
 
 class EpochPlan:
@@ -145,6 +156,7 @@ class EpochPlan:
         if epoch < 0 or seed < 0:
             raise ValueError(f"epoch and seed must be non-negative, got {epoch} and {seed}")
         self.sizes = _sizes_of(data)
+        self.fingerprint = data_fingerprint(data)
         self.epoch, self.seed, self.batch_size = epoch, seed, batch_size
         self.world_size, self.rank = world_size, rank
         self.drop_last, self.shuffle = drop_last, shuffle
@@ -163,9 +175,24 @@ class EpochPlan:
             mine = padded[rank::world_size]
             valid = np.arange(rank, len(padded), world_size) < total
         self.samples_per_rank = per_rank
-        self.global_id = mine
-        self.shard, self.sample = locate(self.sizes, mine)
-        self.valid = valid
+        shard, sample = locate(self.sizes, mine)
+        self.entries = PlanEntries(shard=shard, sample=sample, global_id=mine, valid=valid)
+
+    @property
+    def shard(self) -> np.ndarray:
+        return self.entries.shard
+
+    @property
+    def sample(self) -> np.ndarray:
+        return self.entries.sample
+
+    @property
+    def global_id(self) -> np.ndarray:
+        return self.entries.global_id
+
+    @property
+    def valid(self) -> np.ndarray:
+        return self.entries.valid
 
     def __len__(self) -> int:
         return self.num_batches
@@ -174,10 +201,8 @@ class EpochPlan:
         """Batch `number` (0-based) of this rank's epoch."""
         if not 0 <= number < self.num_batches:
             raise IndexError(f"batch {number} out of range 0..{self.num_batches - 1}")
-        lo, hi = number * self.batch_size, min((number + 1) * self.batch_size, len(self.global_id))
-        return PlanBatch(
-            number, self.shard[lo:hi], self.sample[lo:hi], self.global_id[lo:hi], self.valid[lo:hi]
-        )
+        span = slice(number * self.batch_size, (number + 1) * self.batch_size)
+        return PlanBatch(index=number, **self.entries.take(span))
 
     def for_worker(self, num_workers: int, worker_id: int, start_batch: int = 0) -> ReaderPlan:
         """The batches worker `worker_id` of `num_workers` reads, from `start_batch` on.
@@ -186,6 +211,8 @@ class EpochPlan:
         Batches are dealt round-robin starting at `start_batch`, so a resumed rank may use a
         different number of workers than the run that saved the state.
         """
+        if num_workers < 0:
+            raise ValueError(f"num_workers must be 0 or more, got {num_workers}")
         readers = max(1, num_workers)
         if not 0 <= worker_id < readers:
             raise ValueError(f"worker_id {worker_id} out of range for {num_workers} workers")
@@ -200,42 +227,34 @@ class EpochPlan:
             if len(numbers)
             else np.zeros(0, dtype=np.int64)
         )
-        return ReaderPlan(
-            numbers,
-            offsets,
-            self.shard[take],
-            self.sample[take],
-            self.global_id[take],
-            self.valid[take],
-        )
+        return ReaderPlan(batch_numbers=numbers, offsets=offsets, **self.entries.take(take))
 
     def state(self, batches_done: int) -> PlanState:
         """State after the rank has consumed its first `batches_done` batches."""
         if not 0 <= batches_done <= self.num_batches:
             raise ValueError(f"batches_done {batches_done} out of range 0..{self.num_batches}")
         return PlanState(
-            self.epoch,
-            self.seed,
-            self.world_size,
-            self.rank,
-            self.batch_size,
-            self.drop_last,
-            self.shuffle,
-            sizes_fingerprint(self.sizes),
-            batches_done,
+            epoch=self.epoch,
+            seed=self.seed,
+            world_size=self.world_size,
+            rank=self.rank,
+            batch_size=self.batch_size,
+            drop_last=self.drop_last,
+            shuffle=self.shuffle,
+            data_fingerprint=self.fingerprint,
+            batches_done=batches_done,
         )
 
     @classmethod
     def from_state(cls, data: Manifest | Sequence[int] | np.ndarray, state: PlanState) -> EpochPlan:
         """Rebuild the plan a state was saved from; refuses a state made for other data."""
-        sizes = _sizes_of(data)
-        if sizes_fingerprint(sizes) != state.sizes_fingerprint:
+        if data_fingerprint(data) != state.data_fingerprint:
             raise ValueError(
-                "resume state was saved for a different shard set (shard sizes differ); "
-                "start the epoch afresh or point the loader at the original shards"
+                "resume state was saved for a different shard set (shard sizes, paths or "
+                "checksums differ); start the epoch afresh or point the loader at the original shards"
             )
         return cls(
-            sizes,
+            data,
             epoch=state.epoch,
             seed=state.seed,
             batch_size=state.batch_size,

@@ -30,16 +30,41 @@ def _is_hidden(name: str) -> bool:
     return name.startswith(".")
 
 
-def _walk_files(folder: Path, root: Path, hidden: list[str]) -> list[str]:
-    """Every non-hidden file below `folder` (following no directory links), sorted, relative to root."""
+def _walk_files(folder: Path, root: Path, listing: SourceListing) -> list[str]:
+    """Every non-hidden file below `folder`, sorted, relative to root.
+
+    Folders that cannot be listed are refused as `unreadable`; linked folders are followed,
+    and one that leads back into a folder already walked is refused as `link_loop`.
+    """
     found: list[str] = []
-    for dirpath, dirnames, filenames in os.walk(folder):
-        for name in [d for d in dirnames if _is_hidden(d)]:
-            hidden.append(os.path.relpath(os.path.join(dirpath, name), root))
-        dirnames[:] = sorted(d for d in dirnames if not _is_hidden(d))
+    seen: set[tuple[int, int]] = set()
+
+    def unreadable(err: OSError) -> None:
+        rel = os.path.relpath(err.filename or folder, root)
+        listing.refused.append((rel, "unreadable", f"cannot list folder: {err.strerror or err}"))
+
+    for dirpath, dirnames, filenames in os.walk(folder, onerror=unreadable, followlinks=True):
+        here = os.stat(dirpath)
+        seen.add((here.st_dev, here.st_ino))
+        keep = []
+        for name in sorted(dirnames):
+            rel = os.path.relpath(os.path.join(dirpath, name), root)
+            if _is_hidden(name):
+                listing.hidden.append(rel)
+                continue
+            try:
+                target = os.stat(os.path.join(dirpath, name))
+            except OSError as err:
+                listing.refused.append((rel, "unreadable", f"cannot stat folder: {err.strerror}"))
+                continue
+            if (target.st_dev, target.st_ino) in seen:
+                listing.refused.append((rel, "link_loop", "folder link leads back into the tree"))
+                continue
+            keep.append(name)
+        dirnames[:] = keep
         for name in filenames:
             rel = os.path.relpath(os.path.join(dirpath, name), root)
-            (hidden if _is_hidden(name) else found).append(rel)
+            (listing.hidden if _is_hidden(name) else found).append(rel)
     return sorted(found)
 
 
@@ -54,24 +79,22 @@ def scan_source(src: str | os.PathLike) -> SourceListing:
     root = Path(src)
     if not root.is_dir():
         raise NotADirectoryError(f"source folder {root} does not exist or is not a folder")
-    hidden: list[str] = []
-    entries = sorted(os.scandir(root), key=lambda e: e.name)
-    for entry in entries:
-        if _is_hidden(entry.name):
-            hidden.append(entry.name)
+    try:
+        entries = sorted(os.scandir(root), key=lambda e: e.name)
+    except OSError as err:
+        raise NotADirectoryError(f"cannot list source folder {root}: {err.strerror}") from err
+    hidden = [e.name for e in entries if _is_hidden(e.name)]
     visible = [e for e in entries if not _is_hidden(e.name)]
     class_dirs = [e.name for e in visible if e.is_dir()]
     top_files = [e.name for e in visible if not e.is_dir()]
     if not class_dirs:
-        listing = SourceListing(root, None, [InputFile(name, None) for name in top_files])
-        listing.hidden = hidden
-        return listing
-    listing = SourceListing(root, tuple(class_dirs))
+        inputs = [InputFile(name, None) for name in top_files]
+        return SourceListing(root, None, inputs=inputs, hidden=hidden)
+    listing = SourceListing(root, tuple(class_dirs), hidden=hidden)
     listing.refused = [
         (name, "unlabelled", "file outside any class folder of an ImageFolder tree") for name in top_files
     ]
     for label, name in enumerate(class_dirs):
-        for rel in _walk_files(root / name, root, hidden):
+        for rel in _walk_files(root / name, root, listing):
             listing.inputs.append(InputFile(rel, label))
-    listing.hidden = hidden
     return listing

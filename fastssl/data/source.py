@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import os
+import tarfile
 from collections import OrderedDict
 from dataclasses import dataclass
 
 from fastssl.data.index import ShardIndex, read_index
-from fastssl.data.manifest import Manifest, sha256_file
+from fastssl.data.manifest import Manifest, ShardInfo, sha256_file
 from fastssl.errors import IndexMismatchError, MissingMemberError, ShardError
 
 TAR_BLOCK = 512
@@ -23,49 +24,72 @@ class SampleBytes:
     members: dict[str, bytes]
 
 
-def _tar_header_fields(header: bytes) -> tuple[str, int] | None:
-    """(name, size) from a ustar header block, or None when the block is not a valid header."""
-    if len(header) != TAR_BLOCK:
-        return None
+def _parse_header(block: bytes) -> tarfile.TarInfo | None:
+    """The tar header in `block` (checksum verified by tarfile), or None when it is not one."""
     try:
-        stored = int(header[148:156].split(b"\0", 1)[0].strip() or b"-1", 8)
-    except ValueError:
+        return tarfile.TarInfo.frombuf(block, "utf-8", "surrogateescape")
+    except tarfile.HeaderError:
         return None
-    if stored != sum(header[:148]) + sum(header[156:]) + 8 * 32:
-        return None
-    name = header[:100].split(b"\0", 1)[0]
-    if header[257:262] == b"ustar":
-        prefix = header[345:500].split(b"\0", 1)[0]
-        if prefix:
-            name = prefix + b"/" + name
-    raw_size = header[124:136]
-    if raw_size[0] & 0x80:  # GNU base-256 for sizes of 8 GiB and more
-        size = int.from_bytes(raw_size[1:], "big")
-    else:
-        size = int(raw_size.split(b"\0", 1)[0].strip() or b"0", 8)
-    return name.decode("utf-8", "replace"), size
+
+
+def _header_matches(header: tarfile.TarInfo | None, expected: str, size: int) -> bool:
+    """Whether the header is a regular file named `expected` with `size` bytes.
+
+    Names over 100 bytes live in a long-name record before the header, which then keeps only a
+    truncation of at least 99 bytes; such a truncation is accepted.
+    """
+    if header is None or not header.isreg() or header.size != size:
+        return False
+    name = header.name
+    return name == expected or (len(name.encode()) >= 99 and expected.startswith(name))
 
 
 class ByteSource:
     """Random access to the samples of a manifest's shards.
 
     Each read is one `os.pread` of the member's tar header and data; the header is checked
-    against the index (name, size, checksum) so that an index that disagrees with its tar is
-    reported, naming shard and key, instead of returning someone else's bytes. Indexes are
-    loaded on first use; at most `max_open` shard files are held open at once.
+    against the index (regular file, name, size, header checksum) so that an index that
+    disagrees with its tar is reported, naming shard and key, instead of returning someone
+    else's bytes. Indexes are loaded on first use; at most `max_open` shard files are held
+    open at once. With `verify_checksums`, each shard's sha256 is checked once, on first use.
+
+    One instance per thread. Copies, pickles (for worker processes) and forked children start
+    with no open files of their own, so they never share or close another's descriptors.
     """
 
     def __init__(self, manifest: Manifest, *, max_open: int = 64, verify_checksums: bool = False):
+        if max_open < 1:
+            raise ValueError(f"max_open must be at least 1, got {max_open}")
         self.manifest = manifest
         self.max_open = max_open
         self.verify_checksums = verify_checksums
         self._indexes: dict[int, ShardIndex] = {}
+        self._verified: set[int] = set()
         self._fds: OrderedDict[int, int] = OrderedDict()
+        self._pid = os.getpid()
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state["_fds"] = OrderedDict()  # descriptors are per process and per instance
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._pid = os.getpid()
+
+    def _info(self, shard: int) -> ShardInfo:
+        if not 0 <= shard < len(self.manifest.shards):
+            raise ShardError(f"shard number {shard} out of range 0..{len(self.manifest.shards) - 1}")
+        return self.manifest.shards[shard]
+
+    def default_exts(self) -> tuple[str, ...]:
+        """`("jpg", "cls")` for labelled shard sets, `("jpg",)` for unlabelled ones."""
+        return ("jpg", "cls") if self.manifest.classes is not None else ("jpg",)
 
     def index(self, shard: int) -> ShardIndex:
         """The shard's index, checked against the manifest's sample count."""
         if shard not in self._indexes:
-            info = self.manifest.shards[shard]
+            info = self._info(shard)
             index = read_index(self.manifest.index_path(shard), shard=info.path)
             if len(index) != info.samples:
                 raise IndexMismatchError(
@@ -75,15 +99,18 @@ class ByteSource:
             self._indexes[shard] = index
         return self._indexes[shard]
 
-    def _fd(self, shard: int) -> int:
+    def _fd(self, shard: int, info: ShardInfo) -> int:
+        if self._pid != os.getpid():  # forked: the inherited descriptors belong to the parent
+            self._fds, self._pid = OrderedDict(), os.getpid()
         if shard in self._fds:
             self._fds.move_to_end(shard)
             return self._fds[shard]
-        info = self.manifest.shards[shard]
         path = self.manifest.shard_path(shard)
-        if self.verify_checksums and sha256_file(path) != info.sha256:
-            raise ShardError("checksum does not match the manifest", shard=info.path)
         try:
+            if self.verify_checksums and shard not in self._verified:
+                if sha256_file(path) != info.sha256:
+                    raise ShardError("checksum does not match the manifest", shard=info.path)
+                self._verified.add(shard)
             fd = os.open(path, os.O_RDONLY)
         except OSError as err:
             raise ShardError(f"cannot open shard: {err.strerror}", shard=info.path) from err
@@ -92,20 +119,20 @@ class ByteSource:
             os.close(self._fds.popitem(last=False)[1])
         return fd
 
-    def read(self, shard: int, sample: int, exts: tuple[str, ...] = ("jpg", "cls")) -> SampleBytes:
-        """The members `exts` of sample number `sample` in shard number `shard`.
+    def read(self, shard: int, sample: int, exts: tuple[str, ...] | None = None) -> SampleBytes:
+        """The members `exts` (default: `default_exts()`) of sample `sample` in shard `shard`.
 
         Raises `MissingMemberError` when the sample lacks one of `exts`, `IndexMismatchError`
         when the tar does not hold what the index says, `ShardError` when the shard is unreadable.
         """
-        info = self.manifest.shards[shard]
+        info = self._info(shard)
         index = self.index(shard)
         if not 0 <= sample < len(index):
             raise IndexMismatchError(f"sample {sample} out of range 0..{len(index) - 1}", shard=info.path)
         key = index.keys[sample]
-        fd = self._fd(shard)
+        fd = self._fd(shard, info)
         members: dict[str, bytes] = {}
-        for ext in exts:
+        for ext in exts or self.default_exts():
             where = index.member(sample, ext)
             if where is None:
                 raise MissingMemberError(
@@ -113,46 +140,47 @@ class ByteSource:
                     shard=info.path,
                     key=key,
                 )
-            offset, size = where
-            if offset < TAR_BLOCK:
-                raise IndexMismatchError(
-                    f".{ext} offset {offset} lies inside the first header", shard=info.path, key=key
-                )
-            try:
-                block = os.pread(fd, size + TAR_BLOCK, offset - TAR_BLOCK)
-            except OSError as err:
-                raise ShardError(f"read failed: {err.strerror}", shard=info.path, key=key) from err
-            if len(block) < size + TAR_BLOCK:
-                raise ShardError(
-                    f".{ext} at offset {offset} with {size} bytes runs past the end of the file "
-                    "(truncated shard?)",
-                    shard=info.path,
-                    key=key,
-                )
-            header = _tar_header_fields(block[:TAR_BLOCK])
-            expected = f"{key}.{ext}"
-            # Names over 100 bytes live in a long-name record; the header keeps a truncation.
-            name_ok = header is not None and (
-                header[0] == expected or (len(expected.encode()) > 100 and expected.startswith(header[0]))
-            )
-            if not name_ok or header[1] != size:
-                found = (
-                    "no valid tar header"
-                    if header is None
-                    else (f"member {header[0]!r} of {header[1]} bytes")
-                )
-                raise IndexMismatchError(
-                    f"index says {expected!r} ({size} bytes) at offset {offset}, tar has {found}",
-                    shard=info.path,
-                    key=key,
-                )
-            members[ext] = block[TAR_BLOCK:]
+            members[ext] = self._read_member(fd, info, key, ext, *where)
         return SampleBytes(info.path, key, members)
 
+    @staticmethod
+    def _read_member(fd: int, info: ShardInfo, key: str, ext: str, offset: int, size: int) -> bytes:
+        if offset < TAR_BLOCK:
+            raise IndexMismatchError(
+                f".{ext} offset {offset} lies inside the first header", shard=info.path, key=key
+            )
+        try:
+            block = os.pread(fd, size + TAR_BLOCK, offset - TAR_BLOCK)
+        except OSError as err:
+            raise ShardError(f"read failed: {err.strerror}", shard=info.path, key=key) from err
+        if len(block) < size + TAR_BLOCK:
+            raise ShardError(
+                f".{ext} at offset {offset} with {size} bytes runs past the end of the file "
+                "(truncated shard?)",
+                shard=info.path,
+                key=key,
+            )
+        header = _parse_header(block[:TAR_BLOCK])
+        expected = f"{key}.{ext}"
+        if not _header_matches(header, expected, size):
+            if header is None:
+                found = "no valid tar header"
+            else:
+                kind = "member" if header.isreg() else "non-file entry"
+                found = f"{kind} {header.name!r} of {header.size} bytes"
+            raise IndexMismatchError(
+                f"index says {expected!r} ({size} bytes) at offset {offset}, tar has {found}",
+                shard=info.path,
+                key=key,
+            )
+        return block[TAR_BLOCK:]
+
     def close(self) -> None:
-        """Close every open shard file."""
-        while self._fds:
-            os.close(self._fds.popitem()[1])
+        """Close every shard file this instance opened in this process."""
+        fds, self._fds = self._fds, OrderedDict()
+        if self._pid == os.getpid():
+            for fd in fds.values():
+                os.close(fd)
 
     def __enter__(self) -> ByteSource:
         return self

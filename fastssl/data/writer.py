@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import json
-import multiprocessing
 import os
 import tarfile
 import time
@@ -23,6 +22,7 @@ from fastssl.data.images import DEFAULT_MAX_PIXELS, PreparedImage, RejectedInput
 from fastssl.data.index import build_index, write_index
 from fastssl.data.keys import make_keys
 from fastssl.data.manifest import MANIFEST_NAME, Manifest, ShardInfo, sha256_file
+from fastssl.data.parallel import ordered_map
 from fastssl.data.scan import scan_source
 from fastssl.errors import ShardError
 
@@ -214,11 +214,15 @@ def _prepared(paths: list[str], workers: int, **options) -> Iterator[PreparedIma
     if workers <= 1:
         yield from (read_and_prepare(path, **options) for path in paths)
         return
-    # spawn, not fork: the caller may hold threads (torch, DALI) that fork would copy half-alive.
-    with multiprocessing.get_context("spawn").Pool(workers) as pool:
-        results = pool.imap(partial(_check_in_worker, **options), paths, chunksize=128)
-        for path, result in zip(paths, results, strict=True):
-            yield _reload(path, result) if isinstance(result, _Kept) else result
+    results = ordered_map(partial(_check_in_worker, **options), paths, workers, on_worker_death=_worker_died)
+    for path, result in zip(paths, results, strict=True):
+        yield _reload(path, result) if isinstance(result, _Kept) else result
+
+
+def _worker_died(path: str) -> RejectedInput:
+    return RejectedInput(
+        "crashed", "the decoding process died on this file, and again on a retry (crash or kill)"
+    )
 
 
 def default_workers() -> int:
