@@ -3,10 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from pathlib import Path
 
 from fastssl import __version__
+
+
+def _quality(text: str) -> int:
+    value = int(text)
+    if not 1 <= value <= 100:
+        raise argparse.ArgumentTypeError(f"must be in 1..100, got {text}")
+    return value
 
 
 def _positive(text: str) -> int:
@@ -45,7 +53,7 @@ def _add_shards(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--quality",
-        type=int,
+        type=_quality,
         default=None,
         help="re-encode every image at this JPEG quality (default: keep valid JPEG bytes)",
     )
@@ -120,11 +128,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `fastssl` console script; returns the exit status."""
     args = build_parser().parse_args(argv)
     from fastssl import commands  # imported late so that `--help` stays fast
 
+    # SIGTERM (kill, a scheduler's timeout) unwinds like Ctrl-C, so that the shard in progress
+    # is removed instead of being left behind as a temporary file.
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     handler = {
         "shards": commands.run_shards,
         "index": commands.run_index,

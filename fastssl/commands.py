@@ -34,9 +34,12 @@ def run_shards(args: argparse.Namespace) -> int:
             overwrite=args.overwrite,
             progress=not args.quiet,
         )
-    except (OutputError, NotADirectoryError, ValueError) as err:
+    except (OutputError, NotADirectoryError, ValueError) as err:  # raised before any work
         _err(str(err))
         return EXIT_USAGE
+    except OSError as err:  # disk full, I/O error: no manifest was written
+        _err(f"shard run stopped: {err}")
+        return EXIT_FAILED
     print(report.summary())
     if report.written == 0:
         _err(f"nothing was written: all {report.inputs} inputs were rejected or there were none")

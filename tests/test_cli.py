@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import dataclasses
+import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+import fastssl.data.writer as writer_module
 from fastssl.cli import main
 from fastssl.data.faults import plant_bad_files
+from fastssl.data.index import build_index
+from fastssl.data.manifest import Manifest, sha256_file
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
@@ -88,7 +94,53 @@ def test_inspect_verify_finds_a_corrupted_shard(shard_dir: Path, capsys):
     assert "shard-000001.tar: checksum does not match the manifest" in printed
 
 
-@pytest.mark.parametrize("argv", [["shards"], ["shards", "a", "b", "--shard-size", "0"], ["nope"]])
+def test_inspect_verify_finds_an_undecodable_image(shard_dir: Path, capsys):
+    manifest = Manifest.load(shard_dir)
+    tar = manifest.shard_path(2)
+    offset, size = build_index(tar).member(1, "jpg")
+    data = bytearray(tar.read_bytes())
+    data[offset + 200 : offset + size] = b"\0" * (size - 200)  # JPEG cut off after its headers
+    tar.write_bytes(bytes(data))
+    infos = list(manifest.shards)
+    infos[2] = dataclasses.replace(infos[2], sha256=sha256_file(tar))  # checksum still agrees
+    dataclasses.replace(manifest, shards=tuple(infos)).save(shard_dir)
+    assert main(["inspect", str(shard_dir), "--verify"]) == 1
+    printed = capsys.readouterr().out
+    key = build_index(tar).keys[1]
+    assert f"shard-000002.tar key {key!r}: cannot decode" in printed
+    assert "checksum does not match" not in printed
+
+
+def test_sigterm_removes_the_shard_in_progress(image_folder: Path, tmp_path: Path, monkeypatch):
+    real, calls = writer_module.read_and_prepare, []
+
+    def terminate_on_fifth(path, **kwargs):
+        calls.append(path)
+        if len(calls) == 5:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real(path, **kwargs)
+
+    monkeypatch.setattr(writer_module, "read_and_prepare", terminate_on_fifth)
+    previous = signal.getsignal(signal.SIGTERM)
+    out = tmp_path / "out"
+    try:
+        with pytest.raises(SystemExit) as info:
+            main(["shards", str(image_folder), str(out), "--workers", "1", "--shard-size", "3", "--quiet"])
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert info.value.code == 128 + signal.SIGTERM
+    assert sorted(p.name for p in out.iterdir()) == ["shard-000000.idx", "shard-000000.tar"]
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["shards"],
+        ["shards", "a", "b", "--shard-size", "0"],
+        ["shards", "a", "b", "--quality", "101"],
+        ["nope"],
+    ],
+)
 def test_bad_arguments_exit_2(argv):
     with pytest.raises(SystemExit) as info:
         main(argv)

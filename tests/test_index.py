@@ -12,10 +12,10 @@ from fastssl.data.index import build_index, read_index, write_index
 from fastssl.data.manifest import Manifest
 from fastssl.errors import IndexMismatchError, ShardError
 
-wds2idx = pytest.importorskip("wds2idx", reason="DALI's wds2idx tool ships with nvidia-dali")
-
 
 def dali_index_text(tar: Path, tmp_path: Path) -> str:
+    """The index DALI's own wds2idx tool writes for `tar`."""
+    wds2idx = pytest.importorskip("wds2idx", reason="DALI's wds2idx tool ships with nvidia-dali")
     target = tmp_path / "dali.idx"
     with wds2idx.IndexCreator(str(tar), str(target), verbose=False) as creator:
         creator.create_index()
@@ -100,6 +100,35 @@ def test_malformed_index_is_refused_naming_the_file(tmp_path: Path, text: str, m
     with pytest.raises(IndexMismatchError, match=message) as info:
         read_index(path, shard="shard-000007.tar")
     assert "shard-000007.tar" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [(b"\xff\xfe\x00bad", "not UTF-8"), ("v1.2 \u00b2\n".encode(), "does not start with")],
+)
+def test_undecodable_index_is_an_index_error(tmp_path: Path, content: bytes, message: str):
+    path = tmp_path / "bad.idx"
+    path.write_bytes(content)
+    with pytest.raises(IndexMismatchError, match=message):
+        read_index(path)
+
+
+def test_tar_cut_short_or_with_a_bad_header_is_refused(shard_dir: Path, tmp_path: Path):
+    tar = (shard_dir / "shard-000000.tar").read_bytes()
+    index = build_index(shard_dir / "shard-000000.tar")
+    cut = tmp_path / "cut.tar"
+    cut.write_bytes(tar[: int(index.offsets[2].max()) + 10])  # inside the third sample's data
+    with pytest.raises(ShardError, match="truncated") as info:
+        build_index(cut)
+    assert "cut.tar" in str(info.value)
+    broken = bytearray(tar)
+    third_header = int(index.offsets[2].min()) - 512
+    broken[third_header : third_header + 100] = b"\x07" * 100  # garbage name, bad checksum
+    (tmp_path / "broken.tar").write_bytes(bytes(broken))
+    with pytest.raises(ShardError, match=f"unreadable tar header at byte {third_header}"):
+        build_index(tmp_path / "broken.tar")
+    with pytest.raises(ShardError, match="cannot read tar file"):
+        build_index(tmp_path / "missing.tar")
 
 
 def test_non_tar_is_refused(tmp_path: Path):

@@ -134,7 +134,9 @@ def test_resume_yields_exactly_the_rest_of_the_epoch(a, new_workers, data):
     merged = rank_batches(resumed)
     assert sorted(merged) == list(range(done, plan.num_batches))
     for number, batch in merged.items():
-        assert np.array_equal(batch.global_id, plan.batch(number).global_id)
+        expected = plan.batch(number)
+        for name in ("global_id", "shard", "sample", "valid"):
+            assert np.array_equal(getattr(batch, name), getattr(expected, name)), name
 
 
 @settings(max_examples=100, deadline=None)
@@ -208,6 +210,35 @@ def test_bad_arguments_are_refused(kwargs, message):
     args = {"epoch": 0, "seed": 0, "batch_size": 4, **kwargs}
     with pytest.raises(ValueError, match=message):
         EpochPlan([5, 5], **args)
+
+
+def manifest_of(sizes: list[int], checksum: str = "") -> Manifest:
+    return Manifest(
+        tuple(ShardInfo(f"s{i}.tar", f"s{i}.idx", n, 0, checksum or f"sum{i}") for i, n in enumerate(sizes))
+    )
+
+
+def test_resume_refuses_reshuffled_shards_of_the_same_sizes():
+    plan = EpochPlan(manifest_of([4, 4]), epoch=0, seed=0, batch_size=2)
+    state = plan.state(1)
+    EpochPlan.from_state(manifest_of([4, 4]), state)  # the same shard set resumes
+    with pytest.raises(ValueError, match="different shard set"):
+        EpochPlan.from_state(manifest_of([4, 4], checksum="other"), state)
+
+
+def test_state_dict_with_wrong_keys_is_named():
+    state = EpochPlan([3], epoch=0, seed=0, batch_size=1).state(0).to_dict()
+    state.pop("seed")
+    state["extra"] = 1
+    with pytest.raises(ValueError, match=r"missing \['seed'\], unknown \['extra'\]"):
+        PlanState.from_dict(state)
+
+
+def test_non_integer_sizes_and_negative_workers_are_refused():
+    with pytest.raises(ValueError, match="non-negative integers"):
+        EpochPlan([2.9, 3.7], epoch=0, seed=0, batch_size=2)
+    with pytest.raises(ValueError, match="num_workers"):
+        EpochPlan([4], epoch=0, seed=0, batch_size=2).for_worker(-3, 0)
 
 
 def test_resume_refuses_other_data_or_other_arguments():

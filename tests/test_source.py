@@ -2,16 +2,25 @@
 
 from __future__ import annotations
 
+import copy
+import gc
+import io
+import multiprocessing
 import os
+import pickle
 import shutil
 import tarfile
 from pathlib import Path
 
 import pytest
 
-from fastssl.data.manifest import Manifest
+import fastssl.data.source as source_module
+from fastssl.data.faults import small_jpeg
+from fastssl.data.index import build_index, write_index
+from fastssl.data.manifest import Manifest, ShardInfo
 from fastssl.data.plan import EpochPlan
-from fastssl.data.source import ByteSource
+from fastssl.data.source import ByteSource, _header_matches, _parse_header
+from fastssl.data.writer import write_shards
 from fastssl.errors import DataError, IndexMismatchError, MissingMemberError, ShardError
 
 
@@ -103,19 +112,111 @@ def test_index_sample_count_must_match_manifest(shard_dir: Path):
         source.read(2, 0)
 
 
-def test_missing_shard_and_checksum(shard_dir: Path, tmp_path: Path):
+def test_missing_shard_and_checksum(shard_dir: Path, tmp_path: Path, monkeypatch):
     shutil.copy(shard_dir / "shard-000000.tar", tmp_path / "keep.tar")
     (shard_dir / "shard-000000.tar").unlink()
-    with ByteSource(Manifest.load(shard_dir)) as source, pytest.raises(ShardError, match="cannot open shard"):
-        source.read(0, 0)
+    for verify in (False, True):
+        source = ByteSource(Manifest.load(shard_dir), verify_checksums=verify)
+        with source, pytest.raises(ShardError, match="cannot open shard") as info:
+            source.read(0, 0)
+        assert "shard-000000.tar" in str(info.value)
     data = bytearray((tmp_path / "keep.tar").read_bytes())
-    data[-2000] ^= 0xFF  # a flipped bit in the last sample's data, past every header
+    offset, size = build_index(tmp_path / "keep.tar").member(3, "jpg")
+    data[offset + size // 2] ^= 0xFF  # one flipped bit inside the last sample's JPEG data
     (shard_dir / "shard-000000.tar").write_bytes(bytes(data))
-    with (
-        ByteSource(Manifest.load(shard_dir), verify_checksums=True) as source,
-        pytest.raises(ShardError, match="checksum does not match"),
-    ):
+    with ByteSource(Manifest.load(shard_dir)) as source:
+        source.read(0, 3)  # without verification the damage goes unnoticed at this layer
+    source = ByteSource(Manifest.load(shard_dir), verify_checksums=True)
+    with source, pytest.raises(ShardError, match="checksum does not match"):
         source.read(0, 0)
+
+
+def test_checksums_are_verified_once_per_shard(shard_dir: Path, monkeypatch):
+    hashed = []
+    real = source_module.sha256_file
+    monkeypatch.setattr(source_module, "sha256_file", lambda p: hashed.append(p) or real(p))
+    manifest = Manifest.load(shard_dir)
+    plan = EpochPlan(manifest, epoch=0, seed=0, batch_size=4)
+    with ByteSource(manifest, verify_checksums=True, max_open=1) as source:
+        for shard, sample in zip(plan.shard, plan.sample, strict=True):
+            source.read(int(shard), int(sample))
+    assert sorted(Path(p).name for p in hashed) == [s.path for s in manifest.shards]
+
+
+def test_shard_number_out_of_range(shard_dir: Path):
+    with ByteSource(Manifest.load(shard_dir)) as source:
+        for shard in (-1, 4):
+            with pytest.raises(ShardError, match=f"shard number {shard} out of range 0..3"):
+                source.read(shard, 0)
+    with pytest.raises(ValueError, match="max_open"):
+        ByteSource(Manifest.load(shard_dir), max_open=0)
+
+
+def test_unlabelled_shards_read_jpg_only(tmp_path: Path):
+    src = tmp_path / "flat"
+    src.mkdir()
+    for i in range(3):
+        (src / f"img{i}.jpg").write_bytes(small_jpeg(seed=i))
+    write_shards(src, tmp_path / "out", workers=1, progress=False)
+    with ByteSource(Manifest.load(tmp_path / "out")) as source:
+        assert source.default_exts() == ("jpg",)
+        assert set(source.read(0, 1).members) == {"jpg"}
+
+
+def _read_in_child(source: ByteSource, queue) -> None:
+    queue.put(source.read(1, 0).key)
+
+
+def test_copies_pickles_and_children_never_share_descriptors(shard_dir: Path):
+    source = ByteSource(Manifest.load(shard_dir))
+    expected = [source.read(0, i).key for i in range(4)]
+    copy.deepcopy(source).close()
+    clone = pickle.loads(pickle.dumps(source))
+    assert clone.read(0, 2).key == expected[2]
+    del clone
+    gc.collect()
+    assert [source.read(0, i).key for i in range(4)] == expected  # our descriptors still open
+    ctx = multiprocessing.get_context("fork")
+    queue = ctx.Queue()
+    child = ctx.Process(target=_read_in_child, args=(source, queue))
+    child.start()
+    child_key = queue.get(timeout=30)
+    child.join(30)
+    assert child.exitcode == 0 and child_key == source.read(1, 0).key
+    assert source.read(0, 3).key == expected[3]
+    source.close()
+
+
+def test_long_member_names_in_ustar_prefix_are_matched(tmp_path: Path):
+    folder = "d" * 80 + "/" + "e" * 60
+    with tarfile.open(tmp_path / "long.tar", "w", format=tarfile.USTAR_FORMAT) as tar:
+        for name, data in ((f"{folder}/s1.jpg", b"one"), (f"{folder}/s2.jpg", b"two")):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    index = build_index(tmp_path / "long.tar")
+    write_index(index, tmp_path / "long.idx")
+    info = ShardInfo("long.tar", "long.idx", 2, (tmp_path / "long.tar").stat().st_size, "")
+    with ByteSource(Manifest((info,), root=tmp_path)) as source:
+        assert source.read(0, 1, exts=("jpg",)).members["jpg"] == b"two"
+
+
+def test_header_matching_rules():
+    info = tarfile.TarInfo("k.jpg")
+    info.size = 5
+    assert _header_matches(info, "k.jpg", 5)
+    assert not _header_matches(info, "k.jpg", 6)
+    assert not _header_matches(info, "other.jpg", 5)
+    empty = tarfile.TarInfo("")
+    empty.size = 5
+    assert not _header_matches(empty, "x" * 120 + ".jpg", 5)  # an empty name is no truncation
+    truncated = tarfile.TarInfo(("x" * 120 + ".jpg")[:100])
+    truncated.size = 5
+    assert _header_matches(truncated, "x" * 120 + ".jpg", 5)
+    folder = tarfile.TarInfo("k.jpg")
+    folder.type, folder.size = tarfile.DIRTYPE, 5
+    assert not _header_matches(folder, "k.jpg", 5)
+    assert _parse_header(b"\0" * 512) is None
 
 
 def test_errors_are_data_errors(shard_dir: Path):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import tarfile
 from pathlib import Path
 
@@ -193,13 +194,76 @@ def test_interrupted_run_leaves_no_partial_shard(image_folder: Path, tmp_path: P
         assert len(members(tar)) == 6  # complete: 3 samples of jpg + cls
 
 
-def test_sizes_of_written_images_match_sources(image_folder: Path, tmp_path: Path):
+def test_written_images_decode_to_their_sources(image_folder: Path, tmp_path: Path):
     out = tmp_path / "out"
     write_shards(image_folder, out, workers=1, progress=False)
-    for name, data in all_members(out).items():
-        if name.endswith(".jpg"):
-            decoded = np.asarray(Image.open(io.BytesIO(data)))
-            assert decoded.dtype == np.uint8 and decoded.ndim == 3
+    stored = all_members(out)
+    for source in image_folder.rglob("*.jpg"):
+        key = f"{source.parent.name}__{source.stem}"
+        written = np.asarray(Image.open(io.BytesIO(stored[f"{key}.jpg"])))
+        assert np.array_equal(written, np.asarray(Image.open(source)))
+
+
+def test_sixteen_bit_images_are_scaled_not_clipped(tmp_path: Path):
+    src = tmp_path / "src"
+    src.mkdir()
+    ramp = (np.arange(64 * 64).reshape(64, 64) * 16).astype(np.uint16)  # 0..65520
+    Image.fromarray(ramp).save(src / "ramp16.png")
+    Image.fromarray(np.zeros((8, 8), np.float32)).save(src / "float.tiff")
+    out = tmp_path / "out"
+    report = write_shards(src, out, workers=1, progress=False)
+    assert rejects(out)[0]["kind"] == "unsupported" and report.written == 1
+    pixels = np.asarray(Image.open(io.BytesIO(all_members(out)["ramp16.jpg"])), dtype=float)
+    expected = ramp / 257.0
+    assert np.abs(pixels - expected).mean() < 3  # JPEG error only; clipping would give ~240
+    assert pixels.min() <= 3 and pixels.max() >= 250
+
+
+def test_fifo_is_refused_without_blocking(tmp_path: Path):
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "good.jpg").write_bytes(small_jpeg())
+    os.mkfifo(src / "pipe.jpg")
+    out = tmp_path / "out"
+    report = write_shards(src, out, workers=1, progress=False)
+    assert report.written == 1
+    assert [(Path(r["path"]).name, r["kind"]) for r in rejects(out)] == [("pipe.jpg", "not_regular_file")]
+
+
+def test_linked_folders_are_followed_and_loops_refused(image_folder: Path, tmp_path: Path):
+    elsewhere = make_image_folder(tmp_path / "elsewhere", per_class=2, classes=("extra",))
+    (image_folder / "cat" / "more").symlink_to(elsewhere / "extra")
+    (image_folder / "dog" / "loop").symlink_to(image_folder / "dog")
+    out = tmp_path / "out"
+    report = write_shards(image_folder, out, workers=1, progress=False)
+    assert report.written == 17  # 15 + 2 through the link, all labelled "cat"
+    assert "cat__more__extra_001.jpg" in all_members(out)
+    listed = {Path(r["path"]).name: r["kind"] for r in rejects(out)}
+    assert listed == {"loop": "link_loop"}
+    assert report.written + report.rejected == report.inputs
+
+
+def test_output_inside_source_is_refused(image_folder: Path):
+    with pytest.raises(OutputError, match="inside the source folder"):
+        write_shards(image_folder, image_folder / "shards", workers=1, progress=False)
+
+
+def test_temporary_files_of_an_interrupted_run_do_not_block(image_folder: Path, tmp_path: Path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / ".shard-000000.tar.4242.tmp").write_bytes(b"partial")
+    write_shards(image_folder, out, workers=1, progress=False)
+    assert not list(out.glob(".*.tmp"))
+
+
+def test_source_date_epoch_sets_member_mtime(image_folder: Path, tmp_path: Path, monkeypatch):
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1700000000")
+    write_shards(image_folder, tmp_path / "out", workers=1, progress=False)
+    with tarfile.open(tmp_path / "out" / "shard-000000.tar") as tar:
+        assert {m.mtime for m in tar} == {1700000000}
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "yesterday")
+    with pytest.raises(ValueError, match="SOURCE_DATE_EPOCH"):
+        write_shards(image_folder, tmp_path / "again", workers=1, progress=False)
 
 
 def test_file_changed_between_worker_check_and_write_is_rejected(tmp_path: Path):

@@ -110,7 +110,9 @@ def build_index(tar_path: str | os.PathLike) -> ShardIndex:
                     rows.append((key, [(ext, info.offset_data, info.size)]))
             _check_complete(tar_path, tar.offset, rows)
     except (tarfile.TarError, EOFError) as err:
-        raise ShardError(f"not a readable tar file: {err}", shard=str(tar_path)) from err
+        raise ShardError(
+            f"not a readable tar file (truncated or corrupt): {err}", shard=str(tar_path)
+        ) from err
     except OSError as err:
         raise ShardError(f"cannot read tar file: {err.strerror or err}", shard=str(tar_path)) from err
     return _from_rows(rows)

@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from fastssl.data.atomic import durable_replace
 from fastssl.errors import ManifestError
 
 MANIFEST_NAME = "manifest.json"
@@ -68,7 +69,7 @@ class Manifest:
         target = Path(folder) / MANIFEST_NAME
         tmp = target.with_name(f".{MANIFEST_NAME}.{os.getpid()}.tmp")
         tmp.write_text(json.dumps(self.to_json(), indent=2) + "\n", encoding="utf-8")
-        os.replace(tmp, target)
+        durable_replace(tmp, target)
         return target
 
     @classmethod

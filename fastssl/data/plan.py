@@ -2,10 +2,11 @@
 
 A pure function of (shard sizes, epoch, seed, world size, rank, workers, worker id, batch size,
 drop_last). One seeded permutation of all samples is drawn per (seed, epoch); ranks take
-interleaved slices of it, each rank cuts its slice into batches, and batch b goes to worker
-b mod num_workers, the way PyTorch's DataLoader hands batches to its workers. A loader that reads
-worker outputs round-robin therefore sees the rank's batches in order, and the state needed to
-resume is a single batch count.
+interleaved slices of it, each rank cuts its slice into batches, and the batches are dealt to
+workers round-robin (batch b to worker b mod num_workers in a fresh epoch, (b - start) mod
+num_workers when resuming at batch `start`), the way PyTorch's DataLoader hands batches to its
+workers. A loader that reads worker outputs round-robin therefore sees the rank's batches in
+order, and the state needed to resume is a single batch count.
 """
 
 from __future__ import annotations

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from fastssl.data.atomic import durable_replace
 from fastssl.data.images import DEFAULT_MAX_PIXELS, PreparedImage, RejectedInput, read_and_prepare
 from fastssl.data.index import build_index, write_index
 from fastssl.data.keys import make_keys
@@ -129,8 +130,8 @@ class _ShardSink:
             sha256=sha256_file(tmp_tar),
         )
         # Index first: a tar under its final name always has its index beside it.
-        os.replace(tmp_idx, self.out / idx_name)
-        os.replace(tmp_tar, self.out / tar_name)
+        durable_replace(tmp_idx, self.out / idx_name)
+        durable_replace(tmp_tar, self.out / tar_name)
         self.shards.append(info)
         self._keys = []
 
@@ -147,19 +148,22 @@ class _ShardSink:
             self._tmp(name).unlink(missing_ok=True)
 
 
+_TMP_GLOBS = (".shard-*.tmp", f".{MANIFEST_NAME}.*.tmp", f".{REJECTS_NAME}.*.tmp")
+
+
 def _owned_outputs(out: Path) -> list[Path]:
+    """Final-named files of an earlier shard run in `out` (never anything else)."""
     names = [out / MANIFEST_NAME, out / REJECTS_NAME]
-    globs = [
-        "shard-*.tar",
-        "shard-*.idx",
-        ".shard-*.tmp",
-        f".{MANIFEST_NAME}.*.tmp",
-        f".{REJECTS_NAME}.*.tmp",
-    ]
+    globs = ["shard-*.tar", "shard-*.idx"]
     return [p for p in names if p.exists()] + sorted(p for g in globs for p in out.glob(g))
 
 
-def _prepare_output(out: Path, overwrite: bool) -> None:
+def _prepare_output(src: Path, out: Path, overwrite: bool) -> None:
+    if out.resolve() == src.resolve() or out.resolve().is_relative_to(src.resolve()):
+        raise OutputError(
+            f"output folder {out} lies inside the source folder {src}; the next run would read "
+            "its own shards as inputs"
+        )
     try:
         out.mkdir(parents=True, exist_ok=True)
         probe = out / f".fastssl-write-probe.{os.getpid()}"
@@ -172,8 +176,17 @@ def _prepare_output(out: Path, overwrite: bool) -> None:
         raise OutputError(
             f"{out} already holds shard output ({existing[0].name}, ...); pass --overwrite to replace it"
         )
-    for path in existing:
+    # Temporary files of an interrupted run hold nothing final; they never block a new run.
+    for path in existing + sorted(p for g in _TMP_GLOBS for p in out.glob(g)):
         path.unlink()
+
+
+def source_date_epoch() -> int:
+    """Member mtime for shards: SOURCE_DATE_EPOCH when set (reproducible-build convention), else 0."""
+    value = os.environ.get("SOURCE_DATE_EPOCH", str(DEFAULT_MTIME))
+    if not (value.isascii() and value.isdigit()):
+        raise ValueError(f"SOURCE_DATE_EPOCH must be a non-negative integer, got {value!r}")
+    return int(value)
 
 
 @dataclass(frozen=True)
@@ -256,9 +269,10 @@ def write_shards(
         raise ValueError(f"quality must be in 1..100, got {quality}")
     if max_side is not None and max_side < 1:
         raise ValueError(f"max_side must be positive, got {max_side}")
+    mtime = source_date_epoch()
     src, out = Path(src), Path(out)
     listing = scan_source(src)
-    _prepare_output(out, overwrite)
+    _prepare_output(src, out, overwrite)
     workers = workers or default_workers()
     started = time.perf_counter()
 
@@ -282,7 +296,6 @@ def write_shards(
     ordered = [listing.inputs[i] for i in order]
     paths = [str(src / f.relpath) for f in ordered]
 
-    mtime = int(os.environ.get("SOURCE_DATE_EPOCH", DEFAULT_MTIME))
     sink = _ShardSink(out, shard_size, mtime)
     bar = tqdm(total=len(paths), unit="file", desc="sharding", disable=not progress, smoothing=0.1)
     try:
@@ -335,4 +348,4 @@ def _write_rejects(out: Path, rejects: list[dict]) -> None:
     with open(tmp, "w", encoding="utf-8") as f:
         for row in rejects:
             f.write(json.dumps(row) + "\n")
-    os.replace(tmp, out / REJECTS_NAME)
+    durable_replace(tmp, out / REJECTS_NAME)
