@@ -28,7 +28,7 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_shard_writer.py --repeats 5
-	$(PY) benchmarks/bench_plan.py --repeats 7
+	$(PY) benchmarks/bench_plan.py --repeats 15
 
 clean-venv:
 	rm -rf $(VENV)
