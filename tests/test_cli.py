@@ -49,7 +49,7 @@ def test_shards_with_bad_files_writes_good_ones_and_lists_bad(image_folder: Path
     printed = capsys.readouterr().out
     assert "written  15 samples" in printed
     assert f"rejected {len(planted)}" in printed
-    assert f"written + rejected = {15 + len(planted)} = inputs" in printed
+    assert f"written + rejected = {15 + len(planted)} = {15 + len(planted)} inputs" in printed
     rejects = (out / "rejects.jsonl").read_text()
     for name in planted:
         assert name in rejects

@@ -89,7 +89,7 @@ def test_every_bad_file_is_listed_and_good_ones_written(image_folder: Path, tmp_
     assert report.rejected == len(expected) + 2 == len(listed)
     assert report.written + report.rejected == report.inputs
     assert Manifest.load(out).extra["counts"]["rejected"] == report.rejected
-    assert "written + rejected = 22 = inputs" in report.summary()
+    assert "written + rejected = 22 = 22 inputs" in report.summary()
 
 
 def _save(image: Image.Image, path: Path, **kwargs) -> None:

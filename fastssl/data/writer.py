@@ -70,9 +70,11 @@ class WriteReport:
             f"rejected {self.rejected}" + (f" (see {self.out / REJECTS_NAME})" if self.rejected else ""),
         ]
         lines += [f"  {count:6d}  {kind}" for kind, count in sorted(self.rejects.items())]
+        accounted = self.written + self.rejected
         lines.append(
             f"time     {self.seconds:.1f} s, {self.files_per_second:.0f} files/s "
-            f"(written + rejected = {self.written + self.rejected} = inputs)"
+            f"(written + rejected = {accounted} {'=' if accounted == self.inputs else '!='} "
+            f"{self.inputs} inputs)"
         )
         return "\n".join(lines)
 
