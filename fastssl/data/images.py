@@ -124,14 +124,8 @@ def prepare_image(
         return RejectedInput("corrupt", f"cannot decode: {type(err).__name__}: {err}")
 
 
-def read_and_prepare(
-    path: str,
-    *,
-    max_side: int | None = None,
-    quality: int | None = None,
-    max_pixels: int = DEFAULT_MAX_PIXELS,
-) -> PreparedImage | RejectedInput:
-    """Read `path` and `prepare_image` it; an unreadable file becomes a rejection, not a crash.
+def read_regular_file(path: str) -> bytes | RejectedInput:
+    """The bytes of `path`, or why they cannot be had; an unreadable file is a rejection.
 
     Only regular files are read: a FIFO or device under an image name is refused without
     blocking on it (opened non-blocking, checked with fstat).
@@ -144,7 +138,20 @@ def read_and_prepare(
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             return RejectedInput("not_regular_file", "not a regular file (FIFO, device or socket)")
         try:
-            data = f.read()
+            return f.read()
         except OSError as err:
             return RejectedInput("unreadable", f"cannot read: {err.strerror or err}")
+
+
+def read_and_prepare(
+    path: str,
+    *,
+    max_side: int | None = None,
+    quality: int | None = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> PreparedImage | RejectedInput:
+    """Read `path` (`read_regular_file`) and `prepare_image` it."""
+    data = read_regular_file(path)
+    if isinstance(data, RejectedInput):
+        return data
     return prepare_image(data, max_side=max_side, quality=quality, max_pixels=max_pixels)

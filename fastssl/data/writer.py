@@ -19,7 +19,13 @@ import numpy as np
 from tqdm import tqdm
 
 from fastssl.data.atomic import durable_replace
-from fastssl.data.images import DEFAULT_MAX_PIXELS, PreparedImage, RejectedInput, read_and_prepare
+from fastssl.data.images import (
+    DEFAULT_MAX_PIXELS,
+    PreparedImage,
+    RejectedInput,
+    read_and_prepare,
+    read_regular_file,
+)
 from fastssl.data.index import build_index, write_index
 from fastssl.data.keys import make_keys
 from fastssl.data.manifest import MANIFEST_NAME, Manifest, ShardInfo, sha256_file
@@ -214,11 +220,9 @@ def _check_in_worker(path: str, **options) -> PreparedImage | RejectedInput | _K
 
 
 def _reload(path: str, kept: _Kept) -> PreparedImage | RejectedInput:
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except OSError as err:
-        return RejectedInput("unreadable", f"cannot read: {err.strerror or err}")
+    data = read_regular_file(path)
+    if isinstance(data, RejectedInput):
+        return data
     if len(data) != kept.size or zlib.crc32(data) != kept.crc32:
         return RejectedInput("changed", "file changed while it was being sharded")
     return PreparedImage(data, kept.width, kept.height, reencoded=False)
