@@ -11,6 +11,7 @@ order, and the state needed to resume is a single batch count.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, fields
@@ -156,8 +157,8 @@ class EpochPlan:
             raise ValueError(f"need 0 <= rank < world_size, got rank {rank}, world_size {world_size}")
         if epoch < 0 or seed < 0:
             raise ValueError(f"epoch and seed must be non-negative, got {epoch} and {seed}")
+        self._data = data
         self.sizes = _sizes_of(data)
-        self.fingerprint = data_fingerprint(data)
         self.epoch, self.seed, self.batch_size = epoch, seed, batch_size
         self.world_size, self.rank = world_size, rank
         self.drop_last, self.shuffle = drop_last, shuffle
@@ -195,6 +196,11 @@ class EpochPlan:
     def valid(self) -> np.ndarray:
         return self.entries.valid
 
+    @functools.cached_property
+    def fingerprint(self) -> str:
+        """`data_fingerprint` of the plan's data, computed when a state is first asked for."""
+        return data_fingerprint(self._data)
+
     def __len__(self) -> int:
         return self.num_batches
 
@@ -223,11 +229,8 @@ class EpochPlan:
         lo = numbers * self.batch_size
         hi = np.minimum(lo + self.batch_size, len(self.global_id))
         offsets = np.concatenate([[0], np.cumsum(hi - lo)]).astype(np.int64)
-        take = (
-            np.concatenate([np.arange(a, b) for a, b in zip(lo, hi, strict=True)])
-            if len(numbers)
-            else np.zeros(0, dtype=np.int64)
-        )
+        batch_of = np.arange(len(self.global_id)) // self.batch_size
+        take = np.flatnonzero((batch_of >= start_batch) & ((batch_of - start_batch) % readers == worker_id))
         return ReaderPlan(batch_numbers=numbers, offsets=offsets, **self.entries.take(take))
 
     def state(self, batches_done: int) -> PlanState:
@@ -249,12 +252,13 @@ class EpochPlan:
     @classmethod
     def from_state(cls, data: Manifest | Sequence[int] | np.ndarray, state: PlanState) -> EpochPlan:
         """Rebuild the plan a state was saved from; refuses a state made for other data."""
-        if data_fingerprint(data) != state.data_fingerprint:
+        fingerprint = data_fingerprint(data)
+        if fingerprint != state.data_fingerprint:
             raise ValueError(
                 "resume state was saved for a different shard set (shard sizes, paths or "
                 "checksums differ); start the epoch afresh or point the loader at the original shards"
             )
-        return cls(
+        plan = cls(
             data,
             epoch=state.epoch,
             seed=state.seed,
@@ -264,6 +268,8 @@ class EpochPlan:
             drop_last=state.drop_last,
             shuffle=state.shuffle,
         )
+        plan.__dict__["fingerprint"] = fingerprint  # already computed: fill the cached_property
+        return plan
 
 
 def reader_plan(
