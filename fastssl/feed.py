@@ -1,0 +1,175 @@
+"""Host side of a batch: read its samples' bytes, check their headers, sample the views' parameters.
+
+Both backends start from a `HostBatch`: the DALI backend feeds it to `fn.external_source` from the
+main thread, the Kornia backend builds it inside its decode workers. It holds everything except
+pixels: encoded bytes, source sizes (read from the image header, which also enforces the pixel
+limit before anything is decoded), labels, keys, the plan's `valid` flags and each view's sampled
+parameters (`fastssl.sampling`).
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from fastssl.data.images import DEFAULT_MAX_PIXELS
+from fastssl.data.manifest import Manifest
+from fastssl.data.plan import EpochPlan
+from fastssl.data.source import ByteSource
+from fastssl.errors import DataError
+from fastssl.recipes import Recipe
+from fastssl.sampling import sample_params
+
+OnError = Literal["raise", "skip"]
+
+
+class ImageHeaderError(DataError):
+    """An image's header cannot be read, or announces more pixels than the limit allows."""
+
+
+class DecodeError(DataError):
+    """A sample's image bytes could not be decoded."""
+
+
+class LabelError(DataError):
+    """A sample's `.cls` member is not a non-negative integer."""
+
+
+def _placeholder_jpeg() -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (8, 8), (124, 116, 104)).save(buffer, "JPEG", quality=90)
+    return buffer.getvalue()
+
+
+PLACEHOLDER = _placeholder_jpeg()  # stands in for a skipped sample so batch shapes never change
+
+
+def image_size(data: bytes, *, max_pixels: int, shard: str, key: str) -> tuple[int, int]:
+    """(height, width) from the image header, without decoding; refuses images over `max_pixels`."""
+    saved = Image.MAX_IMAGE_PIXELS
+    try:
+        Image.MAX_IMAGE_PIXELS = None  # the limit below is ours, with a message naming the sample
+        with Image.open(io.BytesIO(data)) as image:
+            width, height = image.size
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+        raise ImageHeaderError(f"cannot read the image header: {err}", shard=shard, key=key) from err
+    finally:
+        Image.MAX_IMAGE_PIXELS = saved
+    if width < 1 or height < 1:
+        raise ImageHeaderError(f"image header gives an empty size {width}x{height}", shard=shard, key=key)
+    if width * height > max_pixels:
+        raise ImageHeaderError(
+            f"{width}x{height} = {width * height} pixels exceeds the limit of {max_pixels} "
+            "(refused before decoding)",
+            shard=shard,
+            key=key,
+        )
+    return height, width
+
+
+def parse_label(data: bytes, *, shard: str, key: str) -> int:
+    """The class index stored in a `.cls` member."""
+    try:
+        value = int(data.decode("ascii").strip())
+    except (UnicodeDecodeError, ValueError):
+        raise LabelError(f".cls member is not an integer: {data[:32]!r}", shard=shard, key=key) from None
+    if value < 0:
+        raise LabelError(f".cls member is negative: {value}", shard=shard, key=key)
+    return value
+
+
+@dataclass
+class HostBatch:
+    """One batch before decoding. `params` holds one dict of NumPy arrays per view."""
+
+    number: int
+    jpegs: list[np.ndarray]
+    heights: np.ndarray
+    widths: np.ndarray
+    keys: list[str]
+    shards: list[str]
+    labels: np.ndarray | None
+    valid: np.ndarray
+    params: list[dict[str, np.ndarray]]
+    skipped: list[dict[str, str]] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+
+class BatchReader:
+    """Builds `HostBatch` number k of one rank's epoch. Picklable, for decode workers."""
+
+    def __init__(
+        self,
+        manifest: Manifest,
+        plan: EpochPlan,
+        recipe: Recipe,
+        *,
+        on_error: OnError = "raise",
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+        verify_checksums: bool = False,
+        source: ByteSource | None = None,
+    ) -> None:
+        if on_error not in ("raise", "skip"):
+            raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
+        self.plan = plan
+        self.recipe = recipe
+        self.on_error = on_error
+        self.max_pixels = max_pixels
+        self.labelled = manifest.classes is not None
+        self.source = source or ByteSource(manifest, verify_checksums=verify_checksums)
+        # (shard, key) of samples found undecodable under on_error="skip": fed as a placeholder
+        self.substitute: set[tuple[str, str]] = set()
+
+    def __call__(self, number: int) -> HostBatch:
+        entries = self.plan.batch(number)
+        exts = ("jpg", "cls") if self.labelled else ("jpg",)
+        n = len(entries.shard)
+        jpegs: list[np.ndarray] = []
+        heights, widths = np.empty(n, np.int64), np.empty(n, np.int64)
+        labels = np.full(n, -1, np.int64) if self.labelled else None
+        valid = entries.valid.copy()
+        keys, shards, skipped = [], [], []
+        for i in range(n):
+            shard, sample = int(entries.shard[i]), int(entries.sample[i])
+            shard_name = self.source.manifest.shards[shard].path
+            key = self._key(shard, sample)
+            try:
+                if (shard_name, key) in self.substitute:
+                    raise DecodeError("cannot decode image", shard=shard_name, key=key)
+                got = self.source.read(shard, sample, exts)
+                heights[i], widths[i] = image_size(
+                    got.members["jpg"], max_pixels=self.max_pixels, shard=got.shard, key=got.key
+                )
+                if labels is not None:
+                    labels[i] = parse_label(got.members["cls"], shard=got.shard, key=got.key)
+                jpegs.append(np.frombuffer(got.members["jpg"], dtype=np.uint8))
+            except DataError as err:
+                if self.on_error == "raise":
+                    raise
+                skipped.append({"shard": shard_name, "key": key, "reason": getattr(err, "reason", str(err))})
+                jpegs.append(np.frombuffer(PLACEHOLDER, dtype=np.uint8))
+                heights[i] = widths[i] = 8
+                valid[i] = False
+            keys.append(key)
+            shards.append(shard_name)
+        params = sample_params(
+            self.recipe,
+            seed=self.plan.seed,
+            epoch=self.plan.epoch,
+            sample_ids=entries.global_id,
+            heights=heights,
+            widths=widths,
+        )
+        return HostBatch(number, jpegs, heights, widths, keys, shards, labels, valid, params, skipped)
+
+    def _key(self, shard: int, sample: int) -> str:
+        try:
+            return self.source.index(shard).keys[sample]
+        except DataError:
+            return f"#{sample}"  # the index itself is unusable; the read below reports why

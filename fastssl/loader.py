@@ -1,0 +1,289 @@
+"""`SSLLoader`: the public iterator that turns shards and a recipe into batches of views on a device.
+
+It picks the backend, wires the epoch plan and the byte source into it, converts to torch and keeps
+the position in the epoch for `state_dict()` / `load_state_dict()`. It holds no augmentation code.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from fastssl.data.images import DEFAULT_MAX_PIXELS
+from fastssl.data.manifest import Manifest, ShardInfo
+from fastssl.data.plan import EpochPlan, PlanState
+from fastssl.feed import BatchReader, HostBatch, OnError
+from fastssl.recipes import Recipe, get_recipe
+
+Backend = Literal["auto", "dali", "kornia"]
+
+
+def resolve_data(data: str | os.PathLike | Manifest | Sequence[str | os.PathLike]) -> Manifest:
+    """A manifest from a shard folder, a manifest file, a Manifest, or a list of indexed shard paths.
+
+    A list of `.tar` paths needs each shard's DALI index beside it (`x.tar` -> `x.idx`; write
+    missing ones with `fastssl index`); the resulting manifest has no checksums and no classes.
+    """
+    if isinstance(data, Manifest):
+        return data
+    if isinstance(data, (str, os.PathLike)):
+        return Manifest.load(data)
+    paths = [Path(p).resolve() for p in data]
+    if not paths:
+        raise ValueError("no shard paths given")
+    shards = []
+    for path in paths:
+        index = path.with_suffix(".idx")
+        if not index.is_file():
+            raise FileNotFoundError(f"{path}: no index at {index}; create it with `fastssl index {path}`")
+        from fastssl.data.index import read_index
+
+        shards.append(ShardInfo(str(path), str(index), len(read_index(index, shard=str(path))), 0, ""))
+    return Manifest(shards=tuple(shards), classes=None, root=Path("/"))
+
+
+def _distributed(rank: int | None, world_size: int | None) -> tuple[int, int]:
+    """Rank and world size: given, else from torch.distributed, else RANK / WORLD_SIZE, else 0, 1."""
+    if rank is not None and world_size is not None:
+        return rank, world_size
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        found = torch.distributed.get_rank(), torch.distributed.get_world_size()
+    else:
+        found = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    return (found[0] if rank is None else rank), (found[1] if world_size is None else world_size)
+
+
+def _default_threads() -> int:
+    """CPU cores this process may use, shared among the ranks on this node."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, cores // int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
+
+
+def dali_available() -> bool:
+    """Whether NVIDIA DALI imports on this machine."""
+    try:
+        import nvidia.dali  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+class SSLLoader:
+    """Iterable of batches of views for self-supervised training.
+
+    Each batch is a dict: `views` (list of tensors (B, C, H, W) on `device`, one per view of the
+    recipe), `label` (int64 (B,) or None for unlabelled shards), `key` (list of sample keys),
+    `valid` (bool (B,): False for samples that pad the epoch to equal rank sizes or were skipped),
+    `params` (with `recipe.return_params`: one dict of tensors per view), and `rotation` (B, 4) for
+    the Rotation recipe. Every rank yields `len(loader)` batches per epoch; over one epoch the valid
+    samples of all ranks are the data set, each exactly once.
+
+    Epochs advance by themselves after each complete pass; `set_epoch(e)` chooses one explicitly
+    (as with DistributedSampler). `state_dict()` after k batches and `load_state_dict()` in a new
+    loader continue the epoch at batch k, with the same samples and the same random parameters.
+    """
+
+    def __init__(
+        self,
+        data: str | os.PathLike | Manifest | Sequence[str | os.PathLike],
+        recipe: Recipe | str,
+        batch_size: int,
+        backend: Backend = "auto",
+        device: str | torch.device = "auto",
+        seed: int = 0,
+        rank: int | None = None,
+        world_size: int | None = None,
+        num_threads: int | None = None,
+        prefetch: int = 2,
+        drop_last: bool = False,
+        on_error: OnError = "raise",
+        *,
+        shuffle: bool = True,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+        verify_checksums: bool = False,
+    ) -> None:
+        self.manifest = resolve_data(data)
+        self.recipe = get_recipe(recipe)
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        if prefetch < 1:
+            raise ValueError(f"prefetch must be at least 1, got {prefetch}")
+        if on_error not in ("raise", "skip"):
+            raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
+        self.batch_size, self.seed, self.prefetch = batch_size, seed, prefetch
+        self.drop_last, self.shuffle, self.on_error = drop_last, shuffle, on_error
+        self.max_pixels, self.verify_checksums = max_pixels, verify_checksums
+        self.rank, self.world_size = _distributed(rank, world_size)
+        if self.world_size < 1 or not 0 <= self.rank < self.world_size:
+            raise ValueError(f"need 0 <= rank < world_size, got rank {self.rank}, world_size {self.world_size}")
+        self.device = self._pick_device(device)
+        self.backend_name = self._pick_backend(backend)
+        self.num_threads = num_threads if num_threads is not None else _default_threads()
+        self.epoch = 0
+        self.skipped: list[dict[str, Any]] = []
+        self._batches_done = 0  # of the current epoch, as consumed by the caller
+        self._resume: PlanState | None = None
+        self._backend: Any = None
+        self._plan_cache: EpochPlan | None = None
+
+    # -- configuration -------------------------------------------------------------------------
+    @staticmethod
+    def _pick_device(device: str | torch.device) -> torch.device:
+        if str(device) == "auto":
+            return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+        device = torch.device(device)
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise RuntimeError("device='cuda' asked for, but torch sees no CUDA device")
+        if device.type not in ("cpu", "cuda"):
+            raise ValueError(f"device must be cpu or cuda, got {device}")
+        return device
+
+    def _pick_backend(self, backend: str) -> str:
+        if backend == "auto":
+            return "dali" if dali_available() else "kornia"
+        if backend not in ("dali", "kornia"):
+            raise ValueError(f"backend must be 'auto', 'dali' or 'kornia', got {backend!r}")
+        if backend == "dali" and not dali_available():
+            raise RuntimeError("backend='dali' asked for, but nvidia-dali does not import here")
+        return backend
+
+    def _make_backend(self) -> Any:
+        if self.backend_name == "dali":
+            from fastssl.pipelines.dali_views import DaliBackend
+
+            return DaliBackend(
+                self.recipe,
+                device="gpu" if self.device.type == "cuda" else "cpu",
+                batch_size=self.batch_size,
+                num_threads=self.num_threads,
+                prefetch=self.prefetch,
+                device_id=self.device.index if self.device.type == "cuda" else None,
+                seed=self.seed,
+            )
+        from fastssl.pipelines.kornia_views import KorniaBackend
+
+        return KorniaBackend(self.recipe, device=self.device, num_workers=self.num_threads, prefetch=self.prefetch)
+
+    # -- epochs and state ----------------------------------------------------------------------
+    def plan(self, epoch: int | None = None) -> EpochPlan:
+        """This rank's epoch plan (the current epoch by default)."""
+        epoch = self.epoch if epoch is None else epoch
+        cached = self._plan_cache
+        if cached is None or cached.epoch != epoch:
+            cached = EpochPlan(
+                self.manifest,
+                epoch=epoch,
+                seed=self.seed,
+                batch_size=self.batch_size,
+                world_size=self.world_size,
+                rank=self.rank,
+                drop_last=self.drop_last,
+                shuffle=self.shuffle,
+            )
+            self._plan_cache = cached
+        return cached
+
+    def __len__(self) -> int:
+        return len(self.plan())
+
+    def set_epoch(self, epoch: int) -> None:
+        """Use epoch `epoch`'s order and random parameters from the next iteration on."""
+        if epoch < 0:
+            raise ValueError(f"epoch must be non-negative, got {epoch}")
+        if epoch != self.epoch:
+            self._resume = None
+        self.epoch = epoch
+        self._batches_done = 0
+
+    def state_dict(self) -> dict[str, Any]:
+        """Where this rank stands: epoch, batches consumed, and what the plan was built from."""
+        state = self.plan().state(self._batches_done)
+        return {"plan": state.to_dict(), "recipe": self.recipe.name, "backend": self.backend_name}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from a `state_dict()`: the next iteration yields the rest of that epoch."""
+        plan_state = PlanState.from_dict(state["plan"])
+        mine = {
+            "seed": self.seed,
+            "world_size": self.world_size,
+            "rank": self.rank,
+            "batch_size": self.batch_size,
+            "drop_last": self.drop_last,
+            "shuffle": self.shuffle,
+        }
+        differ = [f"{k}={v!r} (state has {getattr(plan_state, k)!r})" for k, v in mine.items() if getattr(plan_state, k) != v]
+        if differ:
+            raise ValueError("loader state does not match this loader: " + ", ".join(differ))
+        EpochPlan.from_state(self.manifest, plan_state)  # refuses a state saved for other shards
+        self.epoch = plan_state.epoch
+        self._batches_done = plan_state.batches_done
+        self._resume = plan_state
+
+    # -- iteration -----------------------------------------------------------------------------
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        plan = self.plan()
+        start = self._batches_done if self._resume is not None else 0
+        self._resume, self._batches_done = None, start
+        reader = BatchReader(
+            self.manifest,
+            plan,
+            self.recipe,
+            on_error=self.on_error,
+            max_pixels=self.max_pixels,
+            verify_checksums=self.verify_checksums,
+        )
+        if self._backend is None:
+            self._backend = self._make_backend()
+        numbers = range(start, len(plan))
+        for host, views in self._backend.run(reader, numbers):
+            self.skipped.extend({"epoch": plan.epoch, **s} for s in host.skipped)
+            self._batches_done = host.number + 1
+            yield self._assemble(host, views)
+        self.epoch, self._batches_done = plan.epoch + 1, 0  # a complete pass: the next one is new
+
+    def _assemble(self, host: HostBatch, views: list[torch.Tensor]) -> dict[str, Any]:
+        device = self.device
+        views = [v.to(device, non_blocking=True) for v in views]
+        if self.recipe.dtype == "bfloat16":
+            views = [v.to(torch.bfloat16) for v in views]
+        batch: dict[str, Any] = {
+            "views": views,
+            "label": torch.from_numpy(host.labels).to(device) if host.labels is not None else None,
+            "key": list(host.keys),
+            "valid": torch.from_numpy(host.valid).to(device),
+        }
+        rotations = [int(p["rotation"][0]) for p in host.params] if len(host) else []
+        if self.recipe.name == "rotation":
+            batch["rotation"] = torch.tensor(rotations, device=device).expand(len(host), -1).contiguous()
+        if self.recipe.return_params:
+            batch["params"] = [_params_to_torch(p, host, device) for p in host.params]
+        return batch
+
+    # -- lifetime ------------------------------------------------------------------------------
+    def close(self) -> None:
+        """Release the backend (DALI graph, worker processes)."""
+        if self._backend is not None:
+            self._backend.close()
+            self._backend = None
+
+    def __enter__(self) -> SSLLoader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        with contextlib.suppress(Exception):  # interpreter shutdown may have torn down modules
+            self.close()
+
+
+def _params_to_torch(params: dict[str, np.ndarray], host: HostBatch, device: torch.device) -> dict[str, torch.Tensor]:
+    out = {name: torch.from_numpy(np.ascontiguousarray(value)).to(device) for name, value in params.items()}
+    out["source_size"] = torch.from_numpy(np.stack([host.heights, host.widths], axis=1)).to(device)
+    return out

@@ -1,0 +1,312 @@
+"""Compile a recipe into one DALI graph: decode each JPEG once, cut every view from it, then per view
+one resize (crop + flip through the ROI), one colour pass, blur, solarize, rotation and normalise.
+
+Inputs arrive through `fn.external_source` (batch mode) from the epoch plan, with every random
+parameter sampled per sample on the host (`fastssl.sampling`) and passed as per-sample argument
+inputs; blur and solarize run under per-sample conditionals, so only the samples that drew them pay.
+`device="cpu"` runs with `device_id=None`; `device="gpu"` decodes with nvJPEG (`mixed`).
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from nvidia.dali import fn, pipeline_def, types
+from nvidia.dali.pipeline import Pipeline
+from nvidia.dali.plugin.pytorch import feed_ndarray
+from PIL import Image
+
+from fastssl.errors import DataError
+from fastssl.feed import BatchReader, DecodeError, HostBatch
+from fastssl.pipelines.colour import colour_transform
+from fastssl.recipes import Recipe, ViewSpec
+
+def _needs(spec: ViewSpec) -> dict[str, bool]:
+    """Which op groups a view can ever apply, so that a graph never holds an op it cannot use."""
+    return {
+        "colour": spec.p_jitter > 0 or spec.p_gray > 0,
+        "blur": spec.p_blur > 0,
+        "solarize": spec.p_solarize > 0,
+    }
+
+
+def view_inputs(spec: ViewSpec) -> tuple[str, ...]:
+    """Names of the per-sample inputs one view's part of the graph reads, in feed order."""
+    needs = _needs(spec)
+    return (
+        ("roi_start", "roi_end")
+        + (("matrix", "v", "w") if needs["colour"] else ())
+        + (("blur", "sigma") if needs["blur"] else ())
+        + (("solarize",) if needs["solarize"] else ())
+    )
+
+
+def pack_inputs(recipe: Recipe, batch: HostBatch) -> tuple[list[Any], ...]:
+    """The external_source outputs for one batch: the JPEGs, then `view_inputs` of every view."""
+    columns: list[list[Any]] = [batch.jpegs]
+    for spec, params in zip(recipe.views(), batch.params, strict=True):
+        names = view_inputs(spec)
+        top, left, height, width = (params["crop"][:, k].astype(np.float32) for k in range(4))
+        flip = params["flip"]
+        # DALI's resize flips a dimension whose ROI end lies before its start.
+        x0 = np.where(flip, left + width, left)
+        x1 = np.where(flip, left, left + width)
+        starts = np.stack([top, x0], axis=1)
+        ends = np.stack([top + height, x1], axis=1)
+        columns += [list(starts), list(ends)]
+        if "matrix" in names:
+            mats, vs, ws = colour_transform(params["jitter"], params["jitter_order"], params["gray"])
+            columns += [list(mats), list(vs), list(ws)]
+        if "blur" in names:
+            columns.append([np.array(b) for b in params["blur"]])
+            columns.append([np.array(max(s, 1e-3), dtype=np.float32) for s in params["blur_sigma"]])
+        if "solarize" in names:
+            columns.append([np.array(b) for b in params["solarize"]])
+    return tuple(columns)
+
+
+def _rotate(image: Any, quarter_turns: int) -> Any:
+    """Counter-clockwise rotation by quarter turns (np.rot90's direction). fn.flip flips
+    horizontally unless told otherwise, so both flags are always given."""
+    if quarter_turns == 0:
+        return image
+    if quarter_turns == 2:
+        return fn.flip(image, horizontal=1, vertical=1)
+    transposed = fn.transpose(image, perm=[1, 0, 2], transpose_layout=False)
+    return fn.flip(transposed, horizontal=int(quarter_turns == 3), vertical=int(quarter_turns == 1))
+
+
+def build_pipeline(
+    recipe: Recipe,
+    source: Callable[[], tuple[list[Any], ...]],
+    *,
+    batch_size: int,
+    device: str = "cpu",
+    num_threads: int = 2,
+    device_id: int | None = None,
+    prefetch: int = 2,
+    seed: int = 0,
+) -> Pipeline:
+    """A built DALI pipeline whose outputs are the recipe's views, in order.
+
+    `source` is called once per batch and returns `pack_inputs(...)`; it raises StopIteration at
+    the end of the epoch. Views come out CHW: float32 normalised (also for "bfloat16", which the
+    loader converts, DALI having no bfloat16) or uint8 unnormalised.
+    """
+    if device not in ("cpu", "gpu"):
+        raise ValueError(f"device must be 'cpu' or 'gpu', got {device!r}")
+    views = recipe.views()
+    mean = [255.0 * m for m in recipe.mean]
+    std = [255.0 * s for s in recipe.std]
+
+    @pipeline_def(enable_conditionals=True)
+    def graph():  # noqa: ANN202 - DALI traces this function
+        names = [view_inputs(spec) for spec in views]
+        inputs = fn.external_source(
+            source=source, num_outputs=1 + sum(len(n) for n in names), batch=True, cycle=None
+        )
+        decoded = fn.decoders.image(
+            inputs[0], device="mixed" if device == "gpu" else "cpu", output_type=types.RGB
+        )
+        outputs = []
+        position = 1
+        # DALI's autograph rewrites zip() without `strict`; lengths match by construction.
+        for spec, view_names in zip(views, names):  # noqa: B905
+            got = dict(zip(view_names, inputs[position : position + len(view_names)]))  # noqa: B905
+            position += len(view_names)
+            needs = _needs(spec)
+            view = fn.resize(
+                decoded,
+                roi_start=got["roi_start"],
+                roi_end=got["roi_end"],
+                size=[spec.size, spec.size],
+                antialias=True,
+                dtype=types.UINT8,
+            )
+            if needs["colour"]:
+                view = _colour(view, got["matrix"], got["v"], got["w"], device)
+            if needs["blur"]:
+                view = _blur_where(view, got["blur"], got["sigma"])
+            if needs["solarize"]:
+                view = _solarize_where(view, got["solarize"], spec.solarize_threshold)
+            view = _rotate(view, spec.rotation)
+            if recipe.dtype == "uint8":
+                outputs.append(fn.transpose(view, perm=[2, 0, 1]))
+            else:
+                outputs.append(
+                    fn.crop_mirror_normalize(
+                        view, dtype=types.FLOAT, output_layout="CHW", mean=mean, std=std
+                    )
+                )
+        return tuple(outputs)
+
+    pipe = graph(
+        batch_size=batch_size,
+        num_threads=num_threads,
+        device_id=device_id if device == "gpu" else None,
+        prefetch_queue_depth=prefetch,
+        seed=seed,
+        exec_dynamic=True,
+    )
+    pipe.build()
+    return pipe
+
+
+def _colour(view: Any, matrix: Any, vec_v: Any, vec_w: Any, device: str) -> Any:
+    """out = M x + v (w . mu): jitter and grayscale in one pass (see fastssl.pipelines.colour)."""
+    mu = fn.reductions.mean(view, axes=(0, 1))
+    offset = vec_v * fn.reductions.sum(vec_w * mu)
+    if device == "cpu":
+        return fn.coord_transform(view, M=matrix, T=offset, dtype=types.UINT8)
+    # On the GPU the offset is a GPU tensor, which argument inputs cannot take: add it instead.
+    linear = fn.coord_transform(view, M=matrix, dtype=types.FLOAT)
+    return fn.cast(fn.clamp(linear + offset, lo=0.0, hi=255.0) + 0.5, dtype=types.UINT8)
+
+
+def _blur_where(view: Any, blur: Any, sigma: Any) -> Any:
+    # Window spans 3 sigma each side (DALI's default for a given sigma), reflect-101 borders.
+    if blur:
+        view = fn.gaussian_blur(view, sigma=sigma)
+    return view
+
+
+def _solarize_where(view: Any, solarize: Any, threshold: float) -> Any:
+    level = math.ceil(threshold * 255 - 1e-9)  # uint8 values at or above threshold * 255
+    if solarize:
+        view = view ^ ((view >= level) * np.uint8(255))
+    return view
+
+
+def undecodable(batch: HostBatch) -> list[int]:
+    """Positions in `batch` whose bytes PIL cannot fully decode: used to name the sample behind a
+    decoder failure inside the DALI graph, whose own error does not say which sample it was."""
+    bad = []
+    for i, jpeg in enumerate(batch.jpegs):
+        try:
+            with Image.open(io.BytesIO(jpeg.tobytes())) as image:
+                image.load()
+        except Exception:  # noqa: BLE001 - any failure to decode marks the sample
+            bad.append(i)
+    return bad
+
+
+class DaliBackend:
+    """Runs a recipe's DALI graph over the batches of an epoch plan, in the plan's order.
+
+    A graph is built on first use and reset between complete epochs; an epoch abandoned midway, or
+    a graph that failed, is rebuilt. A decoder failure is traced to its sample by decoding the
+    batches in flight with PIL: with `on_error="raise"` it becomes a `DecodeError` naming shard and
+    key, with "skip" the sample is replaced (valid=False, listed in `skipped`) and the run goes on
+    from the failed batch on a fresh graph.
+    """
+
+    def __init__(
+        self,
+        recipe: Recipe,
+        *,
+        device: str,
+        batch_size: int,
+        num_threads: int,
+        prefetch: int,
+        device_id: int | None = None,
+        seed: int = 0,
+    ) -> None:
+        self.recipe = recipe
+        self.device = device
+        self.options = dict(
+            batch_size=batch_size,
+            device=device,
+            num_threads=num_threads,
+            device_id=device_id,
+            prefetch=prefetch,
+            seed=seed,
+        )
+        self._pipe: Pipeline | None = None
+        self._clean = False  # True when the graph finished an epoch and was reset
+        self._pending: deque[HostBatch] = deque()
+        self._numbers: Iterator[int] = iter(())
+        self._reader: BatchReader | None = None
+        self._error: BaseException | None = None
+
+    def _source(self) -> tuple[list[Any], ...]:
+        number = next(self._numbers)  # StopIteration ends the epoch for DALI
+        try:
+            batch = self._reader(number)
+        except BaseException as err:  # kept: DALI wraps errors raised in its callback
+            self._error = err
+            raise
+        self._pending.append(batch)
+        return pack_inputs(self.recipe, batch)
+
+    def _start(self, reader: BatchReader, numbers: Sequence[int]) -> None:
+        self._reader, self._numbers = reader, iter(list(numbers))
+        self._pending.clear()
+        self._error = None
+        if self._pipe is not None and self._clean:
+            self._pipe.reset()
+        else:
+            self.close()
+            self._pipe = build_pipeline(self.recipe, self._source, **self.options)
+        self._clean = False
+
+    def run(self, reader: BatchReader, numbers: Sequence[int]) -> Iterator[tuple[HostBatch, list[torch.Tensor]]]:
+        remaining = list(numbers)
+        self._start(reader, remaining)
+        while True:
+            try:
+                outputs = self._pipe.run()
+            except StopIteration:
+                self._pipe.reset()
+                self._clean = True
+                return
+            except Exception as err:
+                if self._error is not None:
+                    raise self._error from None
+                resume_at = self._recover(reader, err)
+                remaining = remaining[remaining.index(resume_at) :]
+                self._start(reader, remaining)
+                continue
+            batch = self._pending.popleft()
+            remaining.pop(0)
+            yield batch, [_to_torch(out, self.device) for out in outputs]
+
+    def _recover(self, reader: BatchReader, err: Exception) -> int:
+        """After a failed graph: name the culprit (raise) or mark it for substitution (skip);
+        returns the batch number to resume from."""
+        self.close()
+        for batch in self._pending:
+            for i in undecodable(batch):
+                if reader.on_error == "raise":
+                    raise DecodeError(
+                        "cannot decode image (DALI decoder failed; PIL confirms the data is bad)",
+                        shard=batch.shards[i],
+                        key=batch.keys[i],
+                    ) from err
+                reader.substitute.add((batch.shards[i], batch.keys[i]))
+        if not reader.substitute.isdisjoint(
+            (b.shards[i], b.keys[i]) for b in self._pending for i in range(len(b))
+        ):
+            return self._pending[0].number
+        keys = [k for b in self._pending for k in b.keys]
+        raise DataError(f"DALI pipeline failed on a batch of samples {keys[:8]}...: {err}") from err
+
+    def close(self) -> None:
+        """Drop the graph (and its threads and buffers)."""
+        self._pipe = None
+        self._clean = False
+
+
+def _to_torch(output: Any, device: str) -> torch.Tensor:
+    """One view's batch as a torch tensor owned by torch: DALI reuses its buffers at the next run,
+    so the data is copied once (into pinned-free host memory, or device memory for the GPU)."""
+    tensor = output.as_tensor()
+    dtype = {types.FLOAT: torch.float32, types.UINT8: torch.uint8}[tensor.dtype]
+    target = torch.empty(tensor.shape(), dtype=dtype, device="cuda" if device == "gpu" else "cpu")
+    feed_ndarray(tensor, target)
+    return target
