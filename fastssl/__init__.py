@@ -24,7 +24,10 @@ _LAZY = {
     "Rotation": "fastssl.recipes",
     "SimCLR": "fastssl.recipes",
 }
-__all__ = ["DataError", "IndexMismatchError", "MissingMemberError", "ShardError", "__version__", *_LAZY]
+__all__ = [
+    "BYOL", "DataError", "IndexMismatchError", "MissingMemberError", "MoCoV2", "MultiCrop", "Recipe",
+    "Rotation", "SSLLoader", "ShardError", "SimCLR", "__version__",
+]  # fmt: skip
 
 if TYPE_CHECKING:
     from fastssl.loader import SSLLoader

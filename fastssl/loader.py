@@ -121,7 +121,9 @@ class SSLLoader:
         self.max_pixels, self.verify_checksums = max_pixels, verify_checksums
         self.rank, self.world_size = _distributed(rank, world_size)
         if self.world_size < 1 or not 0 <= self.rank < self.world_size:
-            raise ValueError(f"need 0 <= rank < world_size, got rank {self.rank}, world_size {self.world_size}")
+            raise ValueError(
+                f"need 0 <= rank < world_size, got rank {self.rank}, world_size {self.world_size}"
+            )
         self.device = self._pick_device(device)
         self.backend_name = self._pick_backend(backend)
         self.num_threads = num_threads if num_threads is not None else _default_threads()
@@ -136,7 +138,11 @@ class SSLLoader:
     @staticmethod
     def _pick_device(device: str | torch.device) -> torch.device:
         if str(device) == "auto":
-            return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+            return (
+                torch.device("cuda", torch.cuda.current_device())
+                if torch.cuda.is_available()
+                else torch.device("cpu")
+            )
         device = torch.device(device)
         if device.type == "cuda" and not torch.cuda.is_available():
             raise RuntimeError("device='cuda' asked for, but torch sees no CUDA device")
@@ -168,7 +174,9 @@ class SSLLoader:
             )
         from fastssl.pipelines.kornia_views import KorniaBackend
 
-        return KorniaBackend(self.recipe, device=self.device, num_workers=self.num_threads, prefetch=self.prefetch)
+        return KorniaBackend(
+            self.recipe, device=self.device, num_workers=self.num_threads, prefetch=self.prefetch
+        )
 
     # -- epochs and state ----------------------------------------------------------------------
     def plan(self, epoch: int | None = None) -> EpochPlan:
@@ -217,7 +225,11 @@ class SSLLoader:
             "drop_last": self.drop_last,
             "shuffle": self.shuffle,
         }
-        differ = [f"{k}={v!r} (state has {getattr(plan_state, k)!r})" for k, v in mine.items() if getattr(plan_state, k) != v]
+        differ = [
+            f"{k}={v!r} (state has {getattr(plan_state, k)!r})"
+            for k, v in mine.items()
+            if getattr(plan_state, k) != v
+        ]
         if differ:
             raise ValueError("loader state does not match this loader: " + ", ".join(differ))
         EpochPlan.from_state(self.manifest, plan_state)  # refuses a state saved for other shards
@@ -283,7 +295,9 @@ class SSLLoader:
             self.close()
 
 
-def _params_to_torch(params: dict[str, np.ndarray], host: HostBatch, device: torch.device) -> dict[str, torch.Tensor]:
+def _params_to_torch(
+    params: dict[str, np.ndarray], host: HostBatch, device: torch.device
+) -> dict[str, torch.Tensor]:
     out = {name: torch.from_numpy(np.ascontiguousarray(value)).to(device) for name, value in params.items()}
     out["source_size"] = torch.from_numpy(np.stack([host.heights, host.widths], axis=1)).to(device)
     return out

@@ -59,7 +59,9 @@ def uniforms(seed: int, epoch: int, sample_ids: np.ndarray, stream: int, count: 
     return (bits >> np.uint64(11)).astype(np.float64) * (1.0 / (1 << 53))
 
 
-def _random_resized_crop(spec: ViewSpec, u: np.ndarray, heights: np.ndarray, widths: np.ndarray) -> np.ndarray:
+def _random_resized_crop(
+    spec: ViewSpec, u: np.ndarray, heights: np.ndarray, widths: np.ndarray
+) -> np.ndarray:
     """torchvision's RandomResizedCrop.get_params, vectorised: (top, left, height, width) per sample."""
     n = len(heights)
     area = (heights * widths).astype(np.float64)

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from fastssl.pipelines.colour import colour_transform
 from nvidia.dali import fn, pipeline_def, types
 from nvidia.dali.pipeline import Pipeline
 from nvidia.dali.plugin.pytorch import feed_ndarray
@@ -24,8 +25,8 @@ from PIL import Image
 
 from fastssl.errors import DataError
 from fastssl.feed import BatchReader, DecodeError, HostBatch
-from fastssl.pipelines.colour import colour_transform
 from fastssl.recipes import Recipe, ViewSpec
+
 
 def _needs(spec: ViewSpec) -> dict[str, bool]:
     """Which op groups a view can ever apply, so that a graph never holds an op it cannot use."""
@@ -140,9 +141,7 @@ def build_pipeline(
                 outputs.append(fn.transpose(view, perm=[2, 0, 1]))
             else:
                 outputs.append(
-                    fn.crop_mirror_normalize(
-                        view, dtype=types.FLOAT, output_layout="CHW", mean=mean, std=std
-                    )
+                    fn.crop_mirror_normalize(view, dtype=types.FLOAT, output_layout="CHW", mean=mean, std=std)
                 )
         return tuple(outputs)
 
@@ -255,7 +254,9 @@ class DaliBackend:
             self._pipe = build_pipeline(self.recipe, self._source, **self.options)
         self._clean = False
 
-    def run(self, reader: BatchReader, numbers: Sequence[int]) -> Iterator[tuple[HostBatch, list[torch.Tensor]]]:
+    def run(
+        self, reader: BatchReader, numbers: Sequence[int]
+    ) -> Iterator[tuple[HostBatch, list[torch.Tensor]]]:
         remaining = list(numbers)
         self._start(reader, remaining)
         while True:

@@ -17,12 +17,12 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
+from fastssl.pipelines.colour import colour_transform
 from kornia.enhance import normalize
 from kornia.filters import gaussian_blur2d
 from PIL import Image
 
 from fastssl.feed import BatchReader, DecodeError, HostBatch
-from fastssl.pipelines.colour import colour_transform
 from fastssl.recipes import Recipe
 
 _PLACEHOLDER_VALUE = 120  # mid-gray view for a sample skipped at decode time
@@ -60,7 +60,9 @@ def decode_views(batch: HostBatch, recipe: Recipe, *, on_error: str = "raise") -
                     out[v][i] = np.asarray(view)
         except (OSError, SyntaxError, ValueError) as err:
             if on_error == "raise":
-                raise DecodeError(f"cannot decode image: {err}", shard=batch.shards[i], key=batch.keys[i]) from err
+                raise DecodeError(
+                    f"cannot decode image: {err}", shard=batch.shards[i], key=batch.keys[i]
+                ) from err
             batch.skipped.append({"shard": batch.shards[i], "key": batch.keys[i], "reason": f"decode: {err}"})
             batch.valid[i] = False
             for view in out:
@@ -81,7 +83,9 @@ class KorniaViews:
     def _tensor(self, array: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(np.ascontiguousarray(array)).to(self.device, non_blocking=True)
 
-    def __call__(self, views: Sequence[torch.Tensor], params: list[dict[str, np.ndarray]]) -> list[torch.Tensor]:
+    def __call__(
+        self, views: Sequence[torch.Tensor], params: list[dict[str, np.ndarray]]
+    ) -> list[torch.Tensor]:
         return [self.view(v, x, p) for v, (x, p) in enumerate(zip(views, params, strict=True))]
 
     def view(self, v: int, pixels: torch.Tensor, params: dict[str, np.ndarray]) -> torch.Tensor:
@@ -134,14 +138,18 @@ class _DecodedBatches(torch.utils.data.Dataset):
 class KorniaBackend:
     """Runs batches through decode workers (a torch DataLoader) and the device-side `KorniaViews`."""
 
-    def __init__(self, recipe: Recipe, *, device: torch.device | str, num_workers: int, prefetch: int) -> None:
+    def __init__(
+        self, recipe: Recipe, *, device: torch.device | str, num_workers: int, prefetch: int
+    ) -> None:
         self.recipe = recipe
         self.device = torch.device(device)
         self.num_workers = num_workers
         self.prefetch = prefetch
         self.views = KorniaViews(recipe, self.device)
 
-    def run(self, reader: BatchReader, numbers: Sequence[int]) -> Iterator[tuple[HostBatch, list[torch.Tensor]]]:
+    def run(
+        self, reader: BatchReader, numbers: Sequence[int]
+    ) -> Iterator[tuple[HostBatch, list[torch.Tensor]]]:
         loader = torch.utils.data.DataLoader(
             _DecodedBatches(reader, self.recipe),
             batch_size=None,

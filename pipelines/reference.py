@@ -10,7 +10,6 @@ Gaussian blur (reflect borders, kernel spanning 4 sigma), solarize, rotation, no
 from __future__ import annotations
 
 import numpy as np
-
 from fastssl.pipelines.colour import BRIGHTNESS, CONTRAST, GRAY, HUE, SATURATION, hue_shift
 
 
@@ -42,9 +41,7 @@ def blur_reference(x: np.ndarray, sigma: float) -> np.ndarray:
         pad = [(0, 0)] * x.ndim
         pad[axis] = (radius, radius)
         padded = np.pad(x, pad, mode="reflect")
-        x = sum(
-            w * np.take(padded, np.arange(k, k + x.shape[axis]), axis=axis) for k, w in enumerate(taps)
-        )
+        x = sum(w * np.take(padded, np.arange(k, k + x.shape[axis]), axis=axis) for k, w in enumerate(taps))
     return x
 
 
