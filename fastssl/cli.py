@@ -114,6 +114,40 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
+def _add_bench(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "bench",
+        help="time the loader against a DataLoader+PIL baseline and the PIL decode floor",
+        description=(
+            "Time, in one run and each in its own process tree: the fastssl loader; a baseline "
+            "written the way users write it (torch DataLoader workers, PIL decode, the recipe's "
+            "transforms as PIL operations with PIL's Gaussian blur; torchvision's transforms when "
+            "torchvision imports); and the decode floor (PIL full decode only, same number of "
+            "processes). Prints images/s, ratios to baseline and floor, peak RSS and CPU use."
+        ),
+    )
+    p.add_argument("data", help="shard folder or manifest.json")
+    p.add_argument(
+        "--recipe", default="simclr", help="simclr, mocov2, byol, multicrop, rotation, crop (simclr)"
+    )
+    p.add_argument(
+        "--backend", choices=("auto", "dali", "kornia"), default="auto", help="fastssl backend (auto)"
+    )
+    p.add_argument("--device", default="cpu", help="cpu or cuda (cpu)")
+    p.add_argument("--batch-size", type=_positive, default=64, help="images per batch (64)")
+    p.add_argument("--batches", type=_positive, default=20, help="timed batches per contestant (20)")
+    p.add_argument("--warmup", type=int, default=3, help="untimed batches first (3)")
+    p.add_argument("--workers", type=_positive, default=None, help="worker processes / threads (all cores)")
+    p.add_argument(
+        "--only",
+        default="fastssl,baseline,floor",
+        help="comma-separated contestants (fastssl,baseline,floor)",
+    )
+    p.add_argument("--json", type=Path, default=None, help="write the results here")
+    p.add_argument("--plot", type=Path, default=None, help="write a PNG bar chart here")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fastssl",
@@ -125,6 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_index(sub)
     _add_inspect(sub)
     _add_demo(sub)
+    _add_bench(sub)
     return parser
 
 
@@ -145,6 +180,7 @@ def main(argv: list[str] | None = None) -> int:
         "index": commands.run_index,
         "inspect": commands.run_inspect,
         "demo": commands.run_demo,
+        "bench": commands.run_bench,
     }[args.command]
     return handler(args)
 

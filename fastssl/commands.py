@@ -143,3 +143,48 @@ def run_demo(args: argparse.Namespace) -> int:
         plant_bad=not args.no_bad_files,
         progress=not args.quiet,
     )
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    """`fastssl bench`: run the contestants, print the table, write JSON and the plot."""
+    import os
+
+    from fastssl.bench.harness import CONTESTANTS, format_table, plot, run_bench
+    from fastssl.recipes import get_recipe
+
+    contestants = [c.strip() for c in args.only.split(",") if c.strip()]
+    unknown = sorted(set(contestants) - set(CONTESTANTS))
+    if unknown or not contestants:
+        _err(f"--only takes {', '.join(CONTESTANTS)}; got {args.only!r}")
+        return 2
+    try:
+        get_recipe(args.recipe)
+    except ValueError as err:
+        _err(str(err))
+        return 2
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    config = {
+        "data": str(args.data),
+        "recipe": args.recipe,
+        "backend": args.backend,
+        "device": args.device,
+        "batch_size": args.batch_size,
+        "batches": args.batches,
+        "warmup": max(0, args.warmup),
+        "workers": args.workers or cores,
+        "progress": not args.quiet,
+    }
+    try:
+        report = run_bench(config, contestants)
+    except (RuntimeError, DataError) as err:
+        _err(str(err))
+        return 1
+    print(format_table(report))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(report, indent=2) + "\n")
+        print(f"wrote {args.json}")
+    if args.plot:
+        plot(report, args.plot)
+        print(f"wrote {args.plot}")
+    return 0

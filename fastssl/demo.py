@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import shutil
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -74,6 +76,27 @@ def _read_back(manifest: Manifest, seed: int, batch: int) -> None:
         )
 
 
+def _views(manifest: Manifest, seed: int, batch: int, batches: int = 6) -> bool:
+    """SimCLR views through SSLLoader (default backend, CPU or GPU): shapes and throughput."""
+    from fastssl.loader import SSLLoader
+    from fastssl.recipes import SimCLR
+
+    with SSLLoader(manifest, SimCLR(), batch, seed=seed) as loader:
+        iterator = iter(loader)
+        first = next(iterator)  # includes graph build / worker start-up: not timed
+        start, images = time.perf_counter(), 0
+        for timed in itertools.islice(iterator, batches):
+            images += len(timed["key"])
+        rate = images / max(time.perf_counter() - start, 1e-9)
+        view = first["views"][0]
+        print(
+            f"views     SimCLR on {loader.backend_name}/{loader.device}: 2 views {tuple(view.shape)} "
+            f"{view.dtype}, {rate:.0f} images/s over {images} images "
+            f"(compare: fastssl bench {manifest.root})"
+        )
+        return bool(first["valid"].all()) and len(first["views"]) == 2
+
+
 def run_demo(
     out: str | Path = "demo_out",
     *,
@@ -114,6 +137,7 @@ def run_demo(
     manifest = Manifest.load(shard_dir)
     _plan_summary(manifest, seed, world_size=2, workers=2, batch=64)
     _read_back(manifest, seed, batch=64)
+    views_ok = _views(manifest, seed, batch=64)
     print(f"next      fastssl inspect {shard_dir} --verify   |   tar tf {shard_dir}/shard-000000.tar")
-    ok = caught and report.written == num_images and report.rejected == len(planted)
+    ok = caught and views_ok and report.written == num_images and report.rejected == len(planted)
     return 0 if ok else 1

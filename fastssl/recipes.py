@@ -259,7 +259,22 @@ class Rotation(Recipe):
         return tuple(dataclasses.replace(spec, rotation=k) for k in range(4))
 
 
-RECIPES: dict[str, type[Recipe]] = {r.name: r for r in (SimCLR, MoCoV2, BYOL, MultiCrop, Rotation)}
+@dataclass(frozen=True)
+class Crop(Recipe):
+    """One view: random resized crop, flip and normalisation only (torchvision's ImageNet training
+    transform, and the pipeline FFCV's ImageNet benchmark times). A baseline for loader speed."""
+
+    name: ClassVar[str] = "crop"
+    size: int = 224
+    scale: tuple[float, float] = (0.08, 1.0)
+    ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    p_flip: float = 0.5
+
+    def views(self) -> tuple[ViewSpec, ...]:
+        return (ViewSpec(size=self.size, scale=self.scale, ratio=self.ratio, p_flip=self.p_flip),)
+
+
+RECIPES: dict[str, type[Recipe]] = {r.name: r for r in (SimCLR, MoCoV2, BYOL, MultiCrop, Rotation, Crop)}
 
 
 def get_recipe(name: str | Recipe, **overrides: object) -> Recipe:

@@ -1,0 +1,56 @@
+"""`fastssl bench` runs its three contestants and writes the table, the JSON and the PNG."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from fastssl.bench.baseline import DecodeOnlyDataset, PilRecipeDataset
+from fastssl.bench.harness import format_table, tree_usage
+from fastssl.cli import main
+from fastssl.data.manifest import Manifest
+from fastssl.recipes import BYOL, Rotation, SimCLR
+
+
+def test_baseline_dataset_gives_the_recipes_views(shard_dir: Path) -> None:
+    manifest = Manifest.load(shard_dir)
+    for recipe in (SimCLR(size=32), BYOL(size=24), Rotation(size=16, resize=20)):
+        views = PilRecipeDataset(manifest, recipe)[3]
+        assert [tuple(v.shape) for v in views] == [(3, s.size, s.size) for s in recipe.views()]
+        assert all(float(v.min()) >= -2.2 and float(v.max()) <= 2.7 for v in views)
+    assert DecodeOnlyDataset(manifest)[0].tolist()[0] > 0
+
+
+def test_tree_usage_counts_this_process() -> None:
+    cpu, rss = tree_usage()
+    assert cpu > 0 and rss > 10 * 2**20
+
+
+@pytest.mark.slow
+def test_bench_command_prints_the_table_and_writes_json_and_plot(
+    shard_dir: Path, tmp_path: Path, capsys
+) -> None:
+    pytest.importorskip("matplotlib")
+    args = [
+        "bench", str(shard_dir), "--recipe", "simclr", "--backend", "kornia", "--batch-size", "4",
+        "--batches", "2", "--warmup", "1", "--workers", "1", "--quiet",
+        "--json", str(tmp_path / "b.json"), "--plot", str(tmp_path / "b.png"),
+    ]  # fmt: skip
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "fastssl (kornia, cpu)" in out and "baseline" in out and "floor" in out
+    report = json.loads((tmp_path / "b.json").read_text())
+    assert set(report["results"]) == {"fastssl", "baseline", "floor"}
+    assert report["results"]["baseline"]["vs_baseline"] == 1.0
+    for result in report["results"].values():
+        assert result["images"] == 8 and result["images_per_s"] > 0 and result["peak_rss_mb"] > 10
+    assert (tmp_path / "b.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert format_table(report).count("\n") == 4
+
+
+def test_bench_refuses_unknown_contestants_and_recipes(shard_dir: Path, capsys) -> None:
+    assert main(["bench", str(shard_dir), "--only", "ffcv"]) == 2
+    assert main(["bench", str(shard_dir), "--recipe", "swav"]) == 2
+    assert "unknown recipe" in capsys.readouterr().err
