@@ -16,7 +16,7 @@ from typing import Literal
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from fastssl.data.images import DEFAULT_MAX_PIXELS
+from fastssl.data.images import DEFAULT_MAX_PIXELS, own_pixel_limit
 from fastssl.data.manifest import Manifest
 from fastssl.data.plan import EpochPlan
 from fastssl.data.source import ByteSource
@@ -50,15 +50,12 @@ PLACEHOLDER = _placeholder_jpeg()  # stands in for a skipped sample so batch sha
 
 def image_size(data: bytes, *, max_pixels: int, shard: str, key: str) -> tuple[int, int]:
     """(height, width) from the image header, without decoding; refuses images over `max_pixels`."""
-    saved = Image.MAX_IMAGE_PIXELS
     try:
-        Image.MAX_IMAGE_PIXELS = None  # the limit below is ours, with a message naming the sample
-        with Image.open(io.BytesIO(data)) as image:
+        # the limit below is ours, with a message naming the sample, rather than PIL's own
+        with own_pixel_limit(), Image.open(io.BytesIO(data)) as image:
             width, height = image.size
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
         raise ImageHeaderError(f"cannot read the image header: {err}", shard=shard, key=key) from err
-    finally:
-        Image.MAX_IMAGE_PIXELS = saved
     if width < 1 or height < 1:
         raise ImageHeaderError(f"image header gives an empty size {width}x{height}", shard=shard, key=key)
     if width * height > max_pixels:

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from fastssl.data.images import DEFAULT_MAX_PIXELS
+from fastssl.data.index import read_index
 from fastssl.data.manifest import Manifest, ShardInfo
 from fastssl.data.plan import EpochPlan, PlanState
 from fastssl.feed import BatchReader, HostBatch, OnError
@@ -42,8 +43,6 @@ def resolve_data(data: str | os.PathLike | Manifest | Sequence[str | os.PathLike
         index = path.with_suffix(".idx")
         if not index.is_file():
             raise FileNotFoundError(f"{path}: no index at {index}; create it with `fastssl index {path}`")
-        from fastssl.data.index import read_index
-
         shards.append(ShardInfo(str(path), str(index), len(read_index(index, shard=str(path))), 0, ""))
     return Manifest(shards=tuple(shards), classes=None, root=Path("/"))
 
@@ -270,9 +269,9 @@ class SSLLoader:
             "key": list(host.keys),
             "valid": torch.from_numpy(host.valid).to(device),
         }
-        rotations = [int(p["rotation"][0]) for p in host.params] if len(host) else []
-        if self.recipe.name == "rotation":
-            batch["rotation"] = torch.tensor(rotations, device=device).expand(len(host), -1).contiguous()
+        if self.recipe.name == "rotation":  # view k is turned k quarter turns, for every sample
+            turns = torch.stack([torch.from_numpy(p["rotation"]).long() for p in host.params], dim=1)
+            batch["rotation"] = turns.to(device)
         if self.recipe.return_params:
             batch["params"] = [_params_to_torch(p, host, device) for p in host.params]
         return batch

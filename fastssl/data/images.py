@@ -55,7 +55,7 @@ def _encode_jpeg(image: Image.Image, quality: int) -> bytes:
 
 
 @contextlib.contextmanager
-def _own_pixel_limit() -> Iterator[None]:
+def own_pixel_limit() -> Iterator[None]:
     """Switch off PIL's bomb check (an error above twice its MAX_IMAGE_PIXELS, about 179 MP)
     while fastssl applies `max_pixels` itself, right after reading the header: one limit, one
     message, and a user's higher limit is honoured. Process-global, as PIL's setting is; the
@@ -85,7 +85,7 @@ def prepare_image(
     if not data:
         return RejectedInput("empty", "zero-byte file")
     try:
-        with _own_pixel_limit(), Image.open(io.BytesIO(data)) as image:
+        with own_pixel_limit(), Image.open(io.BytesIO(data)) as image:
             width, height = image.size
             if width * height > max_pixels:
                 return RejectedInput(
