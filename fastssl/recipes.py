@@ -101,6 +101,11 @@ class Recipe:
     def num_views(self) -> int:
         return len(self.views())
 
+    def _view(self, **overrides: object) -> ViewSpec:
+        """A ViewSpec from this recipe's fields of the same names, with `overrides` on top."""
+        own = {f.name: getattr(self, f.name) for f in dataclasses.fields(ViewSpec) if hasattr(self, f.name)}
+        return ViewSpec(**{**own, **overrides})
+
 
 @dataclass(frozen=True)
 class TwoViewRecipe(Recipe):
@@ -118,18 +123,7 @@ class TwoViewRecipe(Recipe):
     p_solarize: float = 0.0
 
     def views(self) -> tuple[ViewSpec, ...]:
-        spec = ViewSpec(
-            size=self.size,
-            scale=self.scale,
-            ratio=self.ratio,
-            p_flip=self.p_flip,
-            jitter=self.jitter,
-            p_jitter=self.p_jitter,
-            p_gray=self.p_gray,
-            p_blur=self.p_blur,
-            blur_sigma=self.blur_sigma,
-            p_solarize=self.p_solarize,
-        )
+        spec = self._view()
         return (spec, spec)
 
 
@@ -185,21 +179,7 @@ class BYOL(Recipe):
     def views(self) -> tuple[ViewSpec, ...]:
         if len(self.p_blur) != 2 or len(self.p_solarize) != 2:
             raise ValueError("BYOL's p_blur and p_solarize give one probability per view (two each)")
-        return tuple(
-            ViewSpec(
-                size=self.size,
-                scale=self.scale,
-                ratio=self.ratio,
-                p_flip=self.p_flip,
-                jitter=self.jitter,
-                p_jitter=self.p_jitter,
-                p_gray=self.p_gray,
-                p_blur=self.p_blur[i],
-                blur_sigma=self.blur_sigma,
-                p_solarize=self.p_solarize[i],
-            )
-            for i in range(2)
-        )
+        return tuple(self._view(p_blur=self.p_blur[i], p_solarize=self.p_solarize[i]) for i in range(2))
 
 
 @dataclass(frozen=True)
@@ -255,7 +235,7 @@ class Rotation(Recipe):
     share: tuple[str, ...] = ("crop", "flip")
 
     def views(self) -> tuple[ViewSpec, ...]:
-        spec = ViewSpec(size=self.size, crop="resize_random", resize=self.resize, p_flip=self.p_flip)
+        spec = self._view(crop="resize_random")
         return tuple(dataclasses.replace(spec, rotation=k) for k in range(4))
 
 
@@ -271,7 +251,7 @@ class Crop(Recipe):
     p_flip: float = 0.5
 
     def views(self) -> tuple[ViewSpec, ...]:
-        return (ViewSpec(size=self.size, scale=self.scale, ratio=self.ratio, p_flip=self.p_flip),)
+        return (self._view(),)
 
 
 RECIPES: dict[str, type[Recipe]] = {r.name: r for r in (SimCLR, MoCoV2, BYOL, MultiCrop, Rotation, Crop)}
