@@ -224,14 +224,11 @@ class SSLLoader:
             "drop_last": self.drop_last,
             "shuffle": self.shuffle,
         }
-        differ = [
-            f"{k}={v!r} (state has {getattr(plan_state, k)!r})"
-            for k, v in mine.items()
-            if getattr(plan_state, k) != v
-        ]
+        differ = plan_state.mismatches(**mine)
         if differ:
             raise ValueError("loader state does not match this loader: " + ", ".join(differ))
-        EpochPlan.from_state(self.manifest, plan_state)  # refuses a state saved for other shards
+        # refuses a state saved for other shards; the plan it rebuilds is the one the loader reads
+        self._plan_cache = EpochPlan.from_state(self.manifest, plan_state)
         self.epoch = plan_state.epoch
         self._batches_done = plan_state.batches_done
         self._resume = plan_state

@@ -87,6 +87,11 @@ class PlanState:
             raise ValueError(f"not a plan state: missing {sorted(missing)}, unknown {sorted(unknown)}")
         return cls(**data)
 
+    def mismatches(self, **expected: Any) -> list[str]:
+        """`name=value (state has ...)` for each expected field this state disagrees with."""
+        differ = {k: v for k, v in expected.items() if getattr(self, k) != v}
+        return [f"{k}={v!r} (state has {getattr(self, k)!r})" for k, v in differ.items()]
+
 
 @dataclass(frozen=True)
 class PlanEntries:
@@ -312,9 +317,7 @@ def reader_plan(
         "drop_last": drop_last,
         "shuffle": shuffle,
     }
-    differ = [
-        f"{k}={v!r} (state has {getattr(state, k)!r})" for k, v in asked.items() if getattr(state, k) != v
-    ]
+    differ = state.mismatches(**asked)
     if differ:
         raise ValueError("resume state does not match the plan asked for: " + ", ".join(differ))
     plan = EpochPlan.from_state(data, state)
