@@ -4,7 +4,8 @@ Each contestant runs in a child process (`python -m fastssl.bench.harness --chil
 its peak memory and CPU time are its own: warm-up batches first, then `batches` timed batches.
 Throughput is images per second (a two-view recipe counts each image once). CPU use is the CPU
 time of the contestant's whole process tree over the timed span divided by wall time and cores;
-peak RSS is the largest sum of resident memory over the tree, sampled once per batch.
+peak RSS is the sum of each process's own peak (VmHWM) over the tree, read once after the timed
+span: nothing is sampled inside it, and it is an upper bound if the peaks did not coincide.
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ from typing import Any
 
 CONTESTANTS = ("fastssl", "baseline", "floor")
 _CLK = os.sysconf("SC_CLK_TCK")
-_PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
 def _tree(root: int) -> list[int]:
@@ -45,18 +45,19 @@ def _tree(root: int) -> list[int]:
 
 
 def tree_usage(root: int | None = None) -> tuple[float, int]:
-    """(CPU seconds, resident bytes) summed over a process tree (default: this process's)."""
-    cpu, rss = 0.0, 0
+    """(CPU seconds, bytes of peak resident memory) summed over a process tree (default: this one's)."""
+    cpu, peak = 0.0, 0
     for pid in _tree(root or os.getpid()):
         try:
             with open(f"/proc/{pid}/stat") as f:
                 fields = f.read().rsplit(")", 1)[1].split()
-            with open(f"/proc/{pid}/statm") as f:
-                rss += int(f.read().split()[1]) * _PAGE
+            with open(f"/proc/{pid}/status") as f:
+                hwm = next((line.split()[1] for line in f if line.startswith("VmHWM:")), "0")
         except OSError:
             continue
         cpu += (int(fields[11]) + int(fields[12])) / _CLK
-    return cpu, rss
+        peak += int(hwm) * 1024  # kB
+    return cpu, peak
 
 
 def _cores() -> int:
@@ -72,21 +73,20 @@ def _measure(
     for _ in range(warmup):
         next(batches)
         bar.update()
-    cpu0, peak = tree_usage()
+    cpu0, _ = tree_usage()
     start = time.perf_counter()
     images = 0
     for _ in range(timed):
         images += images_per_batch(next(batches))
         bar.update()
-        peak = max(peak, tree_usage()[1])
     wall = time.perf_counter() - start
-    cpu1, rss = tree_usage()
+    cpu1, peak = tree_usage()
     bar.close()
     return {
         "images": images,
         "seconds": wall,
         "images_per_s": images / wall,
-        "peak_rss_mb": max(peak, rss) / 2**20,
+        "peak_rss_mb": peak / 2**20,
         "cpu_util": (cpu1 - cpu0) / wall / _cores(),
     }
 
