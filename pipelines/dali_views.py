@@ -218,6 +218,7 @@ class DaliBackend:
     ) -> None:
         self.recipe = recipe
         self.device = device
+        self.target = torch.device("cuda", device_id or 0) if device == "gpu" else torch.device("cpu")
         self.options = dict(
             batch_size=batch_size,
             device=device,
@@ -275,12 +276,13 @@ class DaliBackend:
                 continue
             batch = self._pending.popleft()
             remaining.pop(0)
-            yield batch, [_to_torch(out, self.device) for out in outputs]
+            yield batch, [_to_torch(out, self.target) for out in outputs]
 
     def _recover(self, reader: BatchReader, err: Exception) -> int:
         """After a failed graph: name the culprit (raise) or mark it for substitution (skip);
         returns the batch number to resume from."""
         self.close()
+        found = 0
         for batch in self._pending:
             for i in undecodable(batch):
                 if reader.on_error == "raise":
@@ -290,9 +292,8 @@ class DaliBackend:
                         key=batch.keys[i],
                     ) from err
                 reader.substitute.add((batch.shards[i], batch.keys[i]))
-        if not reader.substitute.isdisjoint(
-            (b.shards[i], b.keys[i]) for b in self._pending for i in range(len(b))
-        ):
+                found += 1
+        if found:  # only a newly found culprit makes a retry worth it; else the failure is reported
             return self._pending[0].number
         keys = [k for b in self._pending for k in b.keys]
         raise DataError(f"DALI pipeline failed on a batch of samples {keys[:8]}...: {err}") from err
@@ -303,11 +304,11 @@ class DaliBackend:
         self._clean = False
 
 
-def _to_torch(output: Any, device: str) -> torch.Tensor:
+def _to_torch(output: Any, device: torch.device) -> torch.Tensor:
     """One view's batch as a torch tensor owned by torch: DALI reuses its buffers at the next run,
-    so the data is copied once (into pinned-free host memory, or device memory for the GPU)."""
+    so the data is copied once, into host memory or into the pipeline's own GPU's memory."""
     tensor = output.as_tensor()
     dtype = {types.FLOAT: torch.float32, types.UINT8: torch.uint8}[tensor.dtype]
-    target = torch.empty(tensor.shape(), dtype=dtype, device="cuda" if device == "gpu" else "cpu")
+    target = torch.empty(tensor.shape(), dtype=dtype, device=device)
     feed_ndarray(tensor, target)
     return target
