@@ -19,6 +19,7 @@ from fastssl.data.images import DEFAULT_MAX_PIXELS
 from fastssl.data.index import read_index
 from fastssl.data.manifest import Manifest, ShardInfo
 from fastssl.data.plan import EpochPlan, PlanState
+from fastssl.data.source import ByteSource
 from fastssl.feed import BatchReader, HostBatch, OnError
 from fastssl.recipes import Recipe, get_recipe
 
@@ -132,6 +133,8 @@ class SSLLoader:
         self._resume: PlanState | None = None
         self._backend: Any = None
         self._plan_cache: EpochPlan | None = None
+        # one source for the loader's life: indexes loaded and checksums verified once, not per epoch
+        self._source = ByteSource(self.manifest, verify_checksums=verify_checksums)
 
     # -- configuration -------------------------------------------------------------------------
     @staticmethod
@@ -244,7 +247,7 @@ class SSLLoader:
             self.recipe,
             on_error=self.on_error,
             max_pixels=self.max_pixels,
-            verify_checksums=self.verify_checksums,
+            source=self._source,
         )
         if self._backend is None:
             self._backend = self._make_backend()
@@ -275,7 +278,8 @@ class SSLLoader:
 
     # -- lifetime ------------------------------------------------------------------------------
     def close(self) -> None:
-        """Release the backend (DALI graph, worker processes)."""
+        """Release the backend (DALI graph, worker processes) and the open shard files."""
+        self._source.close()
         if self._backend is not None:
             self._backend.close()
             self._backend = None
