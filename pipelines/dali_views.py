@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from fastssl.pipelines.colour import colour_transform
 from nvidia.dali import fn, pipeline_def, types
+from nvidia.dali import math as dali_math
 from nvidia.dali.pipeline import Pipeline
 from nvidia.dali.plugin.pytorch import feed_ndarray
 from PIL import Image
@@ -165,7 +166,7 @@ def _colour(view: Any, matrix: Any, vec_v: Any, vec_w: Any, device: str) -> Any:
         return fn.coord_transform(view, M=matrix, T=offset, dtype=types.UINT8)
     # On the GPU the offset is a GPU tensor, which argument inputs cannot take: add it instead.
     linear = fn.coord_transform(view, M=matrix, dtype=types.FLOAT)
-    return fn.cast(fn.clamp(linear + offset, lo=0.0, hi=255.0) + 0.5, dtype=types.UINT8)
+    return fn.cast(dali_math.clamp(linear + offset, 0.0, 255.0) + 0.5, dtype=types.UINT8)
 
 
 def _blur_where(view: Any, blur: Any, sigma: Any) -> Any:
