@@ -29,6 +29,7 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/bench_shard_writer.py --repeats 5
 	$(PY) benchmarks/bench_plan.py --repeats 15
+	$(PY) benchmarks/bench_perms.py --json benchmarks/out/bench_perms.json
 	$(VENV)/bin/fastssl demo --quiet
 	for r in simclr crop; do for b in dali kornia; do \
 	  $(VENV)/bin/fastssl bench demo_out/shards --recipe $$r --backend $$b --batch-size 64 --batches 12 --warmup 2 \

@@ -148,6 +148,33 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
+def _add_perms(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "perms",
+        help="choose a jigsaw permutation set of maximal Hamming distance and write it as .npy",
+        description=(
+            "Greedy maximal-Hamming-distance selection (Noroozi & Favaro 2016): exhaustive over "
+            "all n! permutations up to 10 tiles, else over a seeded random pool. Writes a 0-based "
+            "(count, tiles) int64 table; recipes and `load_permutations` also accept 1-based files."
+        ),
+    )
+    p.add_argument("--tiles", type=_positive, default=9, help="tiles per image, 2..16 (9)")
+    p.add_argument("--count", type=_positive, default=1000, help="permutations to choose (1000)")
+    p.add_argument("--criterion", choices=("max_min", "max_avg"), default="max_min", help="(max_min)")
+    p.add_argument(
+        "--min-distance",
+        type=_positive,
+        default=None,
+        help="every pair keeps at least this Hamming distance (fails or passes candidates over)",
+    )
+    p.add_argument("--seed", type=int, default=0, help="pool order, start and tie-breaks (0)")
+    p.add_argument(
+        "--candidates", type=_positive, default=None, help="random pool size (default: all up to 10 tiles)"
+    )
+    p.add_argument("--engine", choices=("numba", "numpy"), default="numba", help="numpy: the slow reference")
+    p.add_argument("--out", type=Path, required=True, help="output .npy file")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fastssl",
@@ -160,6 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_inspect(sub)
     _add_demo(sub)
     _add_bench(sub)
+    _add_perms(sub)
     return parser
 
 
@@ -181,6 +209,7 @@ def main(argv: list[str] | None = None) -> int:
         "inspect": commands.run_inspect,
         "demo": commands.run_demo,
         "bench": commands.run_bench,
+        "perms": commands.run_perms,
     }[args.command]
     return handler(args)
 

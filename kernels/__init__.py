@@ -1,4 +1,5 @@
-"""Numba kernels for combinatorial work (permutation sets, tile shuffles), each beside a NumPy reference.
+"""Numba kernels for combinatorial work (permutation sets, tile gathering), each beside a NumPy reference.
 
-Installed as `fastssl.kernels`. The kernels arrive with the pretext-task views.
+Installed as `fastssl.kernels`: `fastssl.kernels.permutations` chooses jigsaw permutation sets of
+maximal Hamming distance.
 """
