@@ -18,20 +18,38 @@ __version__ = "0.1.0"
 _LAZY = {
     "SSLLoader": "fastssl.loader",
     "BYOL": "fastssl.recipes",
+    "ContextPrediction": "fastssl.recipes",
+    "Crop": "fastssl.recipes",
+    "Jigsaw": "fastssl.recipes",
+    "JigsawPP": "fastssl.recipes",
     "MoCoV2": "fastssl.recipes",
     "MultiCrop": "fastssl.recipes",
+    "PatchGrid": "fastssl.recipes",
     "Recipe": "fastssl.recipes",
     "Rotation": "fastssl.recipes",
     "SimCLR": "fastssl.recipes",
 }
 __all__ = [
-    "BYOL", "DataError", "IndexMismatchError", "MissingMemberError", "MoCoV2", "MultiCrop", "Recipe",
-    "Rotation", "SSLLoader", "ShardError", "SimCLR", "__version__",
+    "BYOL", "ContextPrediction", "Crop", "DataError", "IndexMismatchError", "Jigsaw", "JigsawPP",
+    "MissingMemberError", "MoCoV2", "MultiCrop", "PatchGrid", "Recipe", "Rotation", "SSLLoader",
+    "ShardError", "SimCLR", "__version__",
 ]  # fmt: skip
 
 if TYPE_CHECKING:
     from fastssl.loader import SSLLoader
-    from fastssl.recipes import BYOL, MoCoV2, MultiCrop, Recipe, Rotation, SimCLR
+    from fastssl.recipes import (
+        BYOL,
+        ContextPrediction,
+        Crop,
+        Jigsaw,
+        JigsawPP,
+        MoCoV2,
+        MultiCrop,
+        PatchGrid,
+        Recipe,
+        Rotation,
+        SimCLR,
+    )
 
 
 def __getattr__(name: str) -> Any:

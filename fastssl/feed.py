@@ -21,7 +21,8 @@ from fastssl.data.manifest import Manifest
 from fastssl.data.plan import EpochPlan
 from fastssl.data.source import ByteSource
 from fastssl.errors import DataError
-from fastssl.recipes import Recipe
+from fastssl.patch_sampling import sample_patch_params
+from fastssl.recipes import PatchRecipe, Recipe
 from fastssl.sampling import sample_params
 
 OnError = Literal["raise", "skip"]
@@ -81,7 +82,8 @@ def parse_label(data: bytes, *, shard: str, key: str) -> int:
 
 @dataclass
 class HostBatch:
-    """One batch before decoding. `params` holds one dict of NumPy arrays per view."""
+    """One batch before decoding. `params` holds one dict of NumPy arrays per view; `patch` the
+    patch-grid draws of patch recipes (`fastssl.patch_sampling`), else None."""
 
     number: int
     jpegs: list[np.ndarray]
@@ -93,6 +95,7 @@ class HostBatch:
     valid: np.ndarray
     params: list[dict[str, np.ndarray]]
     skipped: list[dict[str, str]] = field(default_factory=list)
+    patch: dict[str, np.ndarray] | None = None
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -163,7 +166,17 @@ class BatchReader:
             heights=heights,
             widths=widths,
         )
-        return HostBatch(number, jpegs, heights, widths, keys, shards, labels, valid, params, skipped)
+        patch = None
+        if isinstance(self.recipe, PatchRecipe):
+            patch = sample_patch_params(
+                self.recipe,
+                seed=self.plan.seed,
+                epoch=self.plan.epoch,
+                sample_ids=entries.global_id,
+                gray=params[0]["gray"],
+                valid=valid,
+            )
+        return HostBatch(number, jpegs, heights, widths, keys, shards, labels, valid, params, skipped, patch)
 
     def _key(self, shard: int, sample: int) -> str:
         try:

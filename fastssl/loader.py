@@ -21,7 +21,7 @@ from fastssl.data.manifest import Manifest, ShardInfo
 from fastssl.data.plan import EpochPlan, PlanState
 from fastssl.data.source import ByteSource
 from fastssl.feed import BatchReader, HostBatch, OnError
-from fastssl.recipes import Recipe, get_recipe
+from fastssl.recipes import PatchRecipe, Recipe, get_recipe
 
 Backend = Literal["auto", "dali", "kornia"]
 
@@ -81,8 +81,10 @@ class SSLLoader:
     recipe), `label` (int64 (B,) or None for unlabelled shards), `key` (list of sample keys),
     `valid` (bool (B,): False for samples that pad the epoch to equal rank sizes or were skipped),
     `params` (with `recipe.return_params`: one dict of tensors per view), and `rotation` (B, 4) for
-    the Rotation recipe. Every rank yields `len(loader)` batches per epoch; over one epoch the valid
-    samples of all ranks are the data set, each exactly once.
+    the Rotation recipe. Patch-grid recipes (`fastssl.recipes.patches`) put their tiles in `views`
+    and add their targets: `perm_index` (Jigsaw), `replaced` (Jigsaw++), `neighbor` (context), and
+    with `return_params` a `patch_params` dict. Every rank yields `len(loader)` batches per epoch;
+    over one epoch the valid samples of all ranks are the data set, each exactly once.
 
     Epochs advance by themselves after each complete pass; `set_epoch(e)` chooses one explicitly
     (as with DistributedSampler). `state_dict()` after k batches and `load_state_dict()` in a new
@@ -132,6 +134,7 @@ class SSLLoader:
         self._batches_done = 0  # of the current epoch, as consumed by the caller
         self._resume: PlanState | None = None
         self._backend: Any = None
+        self._patches: Any = None  # the patch stage of patch-grid recipes, built with the backend
         self._plan_cache: EpochPlan | None = None
         # one source for the loader's life: indexes loaded and checksums verified once, not per epoch
         self._source = ByteSource(self.manifest, verify_checksums=verify_checksums)
@@ -251,6 +254,10 @@ class SSLLoader:
         )
         if self._backend is None:
             self._backend = self._make_backend()
+            if isinstance(self.recipe, PatchRecipe):
+                from fastssl.pipelines.patch_views import PatchViews
+
+                self._patches = PatchViews(self.recipe, self.device)
         numbers = range(start, len(plan))
         for host, views in self._backend.run(reader, numbers):
             self.skipped.extend({"epoch": plan.epoch, **s} for s in host.skipped)
@@ -261,6 +268,9 @@ class SSLLoader:
     def _assemble(self, host: HostBatch, views: list[torch.Tensor]) -> dict[str, Any]:
         device = self.device
         views = [v.to(device, non_blocking=True) for v in views]
+        targets: dict[str, torch.Tensor] = {}
+        if self._patches is not None:
+            views, targets, gather = self._patches(views[0], host.patch)
         if self.recipe.dtype == "bfloat16":
             views = [v.to(torch.bfloat16) for v in views]
         batch: dict[str, Any] = {
@@ -272,8 +282,14 @@ class SSLLoader:
         if self.recipe.name == "rotation":  # view k is turned k quarter turns, for every sample
             turns = torch.stack([torch.from_numpy(p["rotation"]).long() for p in host.params], dim=1)
             batch["rotation"] = turns.to(device)
+        batch.update(targets)
         if self.recipe.return_params:
             batch["params"] = [_params_to_torch(p, host, device) for p in host.params]
+            if self._patches is not None:
+                patch = {**host.patch, **gather}
+                batch["patch_params"] = {
+                    k: torch.from_numpy(np.ascontiguousarray(v)).to(device) for k, v in patch.items()
+                }
         return batch
 
     # -- lifetime ------------------------------------------------------------------------------

@@ -138,7 +138,7 @@ def build_pipeline(
             if needs["solarize"]:
                 view = _solarize_where(view, got["solarize"], spec.solarize_threshold)
             view = _rotate(view, spec.rotation)
-            if recipe.dtype == "uint8":
+            if recipe.view_dtype == "uint8":
                 outputs.append(fn.transpose(view, perm=[2, 0, 1]))
             else:
                 outputs.append(

@@ -113,10 +113,10 @@ class KorniaViews:
             x = torch.where(chosen & (x >= spec.solarize_threshold * 255), 255 - x, x)
         if spec.rotation:
             x = torch.rot90(x, spec.rotation, dims=(2, 3))
-        if self.recipe.dtype == "uint8":
+        if self.recipe.view_dtype == "uint8":
             return x.to(torch.uint8).contiguous()
         x = normalize(x.div_(255.0), self.mean, self.std)
-        return x.to(torch.bfloat16) if self.recipe.dtype == "bfloat16" else x.contiguous()
+        return x.to(torch.bfloat16) if self.recipe.view_dtype == "bfloat16" else x.contiguous()
 
 
 class _DecodedBatches(torch.utils.data.Dataset):

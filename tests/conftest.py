@@ -11,6 +11,14 @@ from fastssl.data.writer import write_shards
 
 CLASSES = ("cat", "dog", "fish")
 
+# (backend, device) pairs every loader conformance test runs on: the CPU ones in CI, CUDA when present
+BACKENDS = [
+    pytest.param(("dali", "cpu"), id="dali-cpu"),
+    pytest.param(("kornia", "cpu"), id="kornia-cpu"),
+    pytest.param(("dali", "cuda"), id="dali-gpu", marks=pytest.mark.gpu),
+    pytest.param(("kornia", "cuda"), id="kornia-gpu", marks=pytest.mark.gpu),
+]
+
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Skip tests marked `gpu` cleanly when no CUDA device is present."""
@@ -48,3 +56,12 @@ def shard_dir(image_folder: Path, tmp_path: Path) -> Path:
     out = tmp_path / "shards"
     write_shards(image_folder, out, shard_size=4, workers=1, progress=False)
     return out
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> tuple[str, str]:
+    """A (backend, device) pair; DALI ones skip where nvidia-dali does not import."""
+    name, device = request.param
+    if name == "dali":
+        pytest.importorskip("nvidia.dali")
+    return name, device

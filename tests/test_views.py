@@ -22,12 +22,6 @@ from fastssl.data.writer import write_shards
 from fastssl.errors import DataError
 from fastssl.recipes import BYOL, MoCoV2, MultiCrop, Rotation, SimCLR
 
-BACKENDS = [
-    pytest.param(("dali", "cpu"), id="dali-cpu"),
-    pytest.param(("kornia", "cpu"), id="kornia-cpu"),
-    pytest.param(("dali", "cuda"), id="dali-gpu", marks=pytest.mark.gpu),
-    pytest.param(("kornia", "cuda"), id="kornia-gpu", marks=pytest.mark.gpu),
-]
 RECIPES = [
     SimCLR(size=64),
     MoCoV2(size=64),
@@ -44,14 +38,6 @@ def demo_shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
     build_demo_corpus(root / "corpus", num_images=NUM_IMAGES, seed=3)
     write_shards(root / "corpus", root / "shards", shard_size=16, workers=1, progress=False)
     return root / "shards"
-
-
-@pytest.fixture(params=BACKENDS)
-def backend(request: pytest.FixtureRequest) -> tuple[str, str]:
-    name, device = request.param
-    if name == "dali":
-        pytest.importorskip("nvidia.dali")
-    return name, device
 
 
 def _loader(shards, recipe, backend, **kw) -> SSLLoader:

@@ -1,8 +1,8 @@
-"""View recipes: frozen descriptions of the views a method needs, with the published defaults.
+"""Whole-image view recipes (SimCLR, MoCo v2, BYOL, multi-crop, rotation, crop) and their base classes.
 
 A recipe is data. It says what each view is (crop, flip, colour jitter, grayscale, blur, solarize,
 rotation, output size, normalisation) and nothing about how to compute it; every backend in
-`fastssl.pipelines` compiles the same recipe, and `fastssl.params` samples its random parameters.
+`fastssl.pipelines` compiles the same recipe, and `fastssl.sampling` samples its random parameters.
 
 One naming scheme runs across recipes: `size`, `scale`, `ratio`, `p_flip`, `jitter` (brightness,
 contrast, saturation, hue), `p_jitter`, `p_gray`, `p_blur`, `blur_sigma`, `p_solarize`, `mean`, `std`.
@@ -100,6 +100,12 @@ class Recipe:
     @property
     def num_views(self) -> int:
         return len(self.views())
+
+    @property
+    def view_dtype(self) -> Dtype:
+        """What the backends' view graphs emit: the recipe's dtype, or uint8 for recipes that cut
+        patches from the views afterwards (`fastssl.recipes.patches`)."""
+        return self.dtype
 
     def _view(self, **overrides: object) -> ViewSpec:
         """A ViewSpec from this recipe's fields of the same names, with `overrides` on top."""
@@ -252,19 +258,6 @@ class Crop(Recipe):
 
     def views(self) -> tuple[ViewSpec, ...]:
         return (self._view(),)
-
-
-RECIPES: dict[str, type[Recipe]] = {r.name: r for r in (SimCLR, MoCoV2, BYOL, MultiCrop, Rotation, Crop)}
-
-
-def get_recipe(name: str | Recipe, **overrides: object) -> Recipe:
-    """A recipe by registry name ("simclr", "mocov2", "byol", "multicrop", "rotation") or as given."""
-    if isinstance(name, Recipe):
-        return name.replace(**overrides) if overrides else name
-    try:
-        return RECIPES[name.lower()](**overrides)
-    except KeyError:
-        raise ValueError(f"unknown recipe {name!r}; known: {', '.join(RECIPES)}") from None
 
 
 def _check_positive_int(name: str, value: object) -> None:

@@ -1,0 +1,141 @@
+"""The patch stage of patch-grid recipes: cut tiles from the backends' uint8 base views, normalise,
+and shape them for the task (jigsaw order, Jigsaw++ foreign tiles, context pair, CPC grid).
+
+Both view backends (DALI and Kornia) deliver the base view; this stage is shared, so every backend
+gives the same layout. It turns the raw draws of `fastssl.patch_sampling` into a gather plan (which
+image and cell each output position takes, and each channel's corner) and gathers with the Numba
+kernel on the CPU (`fastssl.kernels.tiles`, measured faster there: `benchmarks/bench_patches.py`)
+or with torch indexing on a GPU.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from fastssl.kernels.tiles import gather_tiles
+
+from fastssl.recipes.patches import NEIGHBOURS, ContextPrediction, Jigsaw, JigsawPP, PatchRecipe
+
+Engine = Literal["auto", "numba", "torch"]
+_GREEN_MAGENTA = torch.tensor([-1.0, 2.0, -1.0])
+_STD_FLOOR = 1.0  # in pixel levels: a flat tile is centred, not blown up
+_NOISE = 0.01  # Doersch et al.: dropped channels become noise of 1/100 the kept channel's std
+
+
+def gather_plan(recipe: PatchRecipe, patch: dict[str, np.ndarray], table: np.ndarray | None) -> dict:
+    """Which image (`source`, (B, P)) and cell (`cell`, (B, P)) each output position takes, each
+    channel's corner (`corners`, (B, P, 3, 2)), and the permutation rows (`perm`) for jigsaws."""
+    offsets, shifts = patch["offsets"].astype(np.int64), patch["channel_shift"].astype(np.int64)
+    n, cells = offsets.shape[:2]
+    rows = np.arange(n)[:, None]
+    plan: dict[str, np.ndarray] = {}
+    if isinstance(recipe, Jigsaw):
+        cell = table[patch["perm_index"]]
+        plan["perm"] = cell.copy()
+        source = np.repeat(rows, cells, axis=1)
+        if isinstance(recipe, JigsawPP):
+            replaced = patch["replaced"]
+            source = np.where(replaced, patch["donor"], source)
+            cell = np.where(replaced, patch["donor_cell"], cell)
+    elif isinstance(recipe, ContextPrediction):
+        cell = np.stack([np.full(n, 4), np.asarray(NEIGHBOURS)[patch["neighbor"]]], axis=1)
+        source = np.repeat(rows, 2, axis=1)
+    else:
+        cell = np.repeat(np.arange(cells)[None], n, axis=0)
+        source = np.repeat(rows, cells, axis=1)
+    corners = offsets[source, cell][:, :, None, :] + shifts[source, cell]
+    plan.update(source=source.astype(np.int64), cell=cell.astype(np.int64), corners=corners)
+    return plan
+
+
+def torch_gather(base: torch.Tensor, source: torch.Tensor, corners: torch.Tensor, tile: int) -> torch.Tensor:
+    """The gather as torch advanced indexing (any device): (B, P, C, tile, tile) from (N, C, H, W)."""
+    steps = torch.arange(tile, device=base.device)
+    rows = corners[..., 0, None] + steps  # (B, P, C, tile)
+    cols = corners[..., 1, None] + steps
+    channel = torch.arange(base.shape[1], device=base.device)[None, None, :, None, None]
+    return base[source[:, :, None, None, None], channel, rows[..., :, None], cols[..., None, :]]
+
+
+def standardise(tiles: torch.Tensor) -> torch.Tensor:
+    """Each tile channel to mean 0, std 1 (std floored at one pixel level)."""
+    x = tiles.float()
+    mean = x.mean(dim=(-2, -1), keepdim=True)
+    std = x.std(dim=(-2, -1), correction=0, keepdim=True).clamp_min(_STD_FLOOR)
+    return (x - mean) / std
+
+
+class PatchViews:
+    """Base views (B, 3, H, W) uint8 and patch draws in; the task's views and targets out."""
+
+    def __init__(
+        self, recipe: PatchRecipe, device: torch.device | str = "cpu", engine: Engine = "auto"
+    ) -> None:
+        if engine not in ("auto", "numba", "torch"):
+            raise ValueError(f"engine must be 'auto', 'numba' or 'torch', got {engine!r}")
+        self.recipe = recipe
+        self.spec = recipe.patches()
+        self.device = torch.device(device)
+        self.engine = ("numba" if self.device.type == "cpu" else "torch") if engine == "auto" else engine
+        if self.engine == "numba" and self.device.type != "cpu":
+            raise ValueError("the numba engine gathers on the CPU; use 'torch' on a GPU")
+        self.table = recipe.permutation_table() if isinstance(recipe, Jigsaw) else None
+        self.mean = torch.tensor(recipe.mean, device=self.device)[:, None, None] * 255
+        self.std = torch.tensor(recipe.std, device=self.device)[:, None, None] * 255
+
+    def __call__(
+        self, base: torch.Tensor, patch: dict[str, np.ndarray]
+    ) -> tuple[list[torch.Tensor], dict[str, torch.Tensor], dict[str, np.ndarray]]:
+        """(views, targets, plan): targets are `perm_index`, `replaced` or `neighbor` by task."""
+        recipe = self.recipe
+        plan = gather_plan(recipe, patch, self.table)
+        raw = recipe.dtype == "uint8"
+        project = isinstance(recipe, ContextPrediction) and recipe.colour == "project"
+        fused = not raw and recipe.tile_norm == "tile" and not project
+        tiles = self._gather(base, plan, standardised=fused)
+        if not raw and not fused:
+            tiles = tiles.float()
+            if project:
+                axis = _GREEN_MAGENTA.to(tiles.device)
+                along = torch.einsum("bpchw,c->bphw", tiles, axis)[:, :, None]
+                tiles = tiles - along * axis[None, None, :, None, None] / axis.dot(axis)
+            tiles = standardise(tiles) if recipe.tile_norm == "tile" else (tiles - self.mean) / self.std
+        if isinstance(recipe, ContextPrediction) and recipe.colour == "drop" and not raw:
+            tiles = self._drop_colours(tiles, patch)
+        return self._shape(tiles, patch), self._targets(patch), plan
+
+    def _gather(self, base: torch.Tensor, plan: dict, *, standardised: bool) -> torch.Tensor:
+        tile = self.spec.tile
+        if self.engine == "numba":
+            images = base.detach().cpu().numpy()
+            out = gather_tiles(images, plan["source"], plan["corners"], tile, standardise=standardised)
+            return torch.from_numpy(out).to(self.device)
+        source = torch.from_numpy(plan["source"]).to(base.device)
+        corners = torch.from_numpy(plan["corners"]).to(base.device)
+        tiles = torch_gather(base, source, corners, tile)
+        return standardise(tiles) if standardised else tiles
+
+    def _drop_colours(self, tiles: torch.Tensor, patch: dict[str, np.ndarray]) -> torch.Tensor:
+        """Keep one channel per patch; the other two become faint Gaussian noise."""
+        keep = torch.from_numpy(patch["keep_channel"].astype(np.int64)).to(tiles.device)
+        dropped = torch.arange(tiles.shape[2], device=tiles.device)[None, None, :] != keep[:, :, None]
+        generator = torch.Generator().manual_seed(int(patch["noise_seed"][0]) if len(keep) else 0)
+        noise = torch.randn(tiles.shape, generator=generator).to(tiles.device) * _NOISE
+        return torch.where(dropped[..., None, None], noise.to(tiles.dtype), tiles)
+
+    def _shape(self, tiles: torch.Tensor, patch: dict[str, np.ndarray]) -> list[torch.Tensor]:
+        if isinstance(self.recipe, ContextPrediction):
+            return [tiles[:, 0].contiguous(), tiles[:, 1].contiguous()]
+        return [tiles]
+
+    def _targets(self, patch: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
+        out: dict[str, Any] = {}
+        if "perm_index" in patch:
+            out["perm_index"] = torch.from_numpy(patch["perm_index"].astype(np.int64))
+        if "replaced" in patch:
+            out["replaced"] = torch.from_numpy(patch["replaced"])
+        if "neighbor" in patch:
+            out["neighbor"] = torch.from_numpy(patch["neighbor"].astype(np.int64))
+        return {name: value.to(self.device) for name, value in out.items()}

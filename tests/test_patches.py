@@ -1,0 +1,297 @@
+"""Patch-grid recipes (Jigsaw, Jigsaw++, context prediction, CPC grid): their validation, the
+statistics of their draws, and what the loader delivers on every backend, checked on images whose
+3x3 cells are painted with levels that name the image and the cell."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from scipy import stats
+
+from fastssl import SSLLoader
+from fastssl.data.demo import build_demo_corpus
+from fastssl.data.writer import write_shards
+from fastssl.patch_sampling import sample_patch_params
+from fastssl.recipes import RECIPES, ContextPrediction, Jigsaw, JigsawPP, PatchGrid, PatchSpec, get_recipe
+from fastssl.recipes.patches import NEIGHBOURS
+from fastssl.sampling import sample_params
+
+N = 4000
+IMAGES = 6
+
+
+def level(image: int, cell: int) -> int:
+    """The gray level of cell `cell` of painted image `image`: 24 levels per cell, 4 per image."""
+    return 12 + 24 * cell + 4 * image
+
+
+def decode_level(value: float) -> tuple[int, int]:
+    """(image, cell) from a tile's mean level."""
+    step = int(round((value - 12) / 4))
+    return step % 6, step // 6
+
+
+@pytest.fixture(scope="module")
+def painted_shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("painted")
+    folder = root / "images"
+    folder.mkdir()
+    edges = np.round(np.arange(4) * 256 / 3).astype(int)
+    for j in range(IMAGES):
+        pixels = np.zeros((256, 256), np.uint8)
+        for k in range(9):
+            r, c = divmod(k, 3)
+            pixels[edges[r] : edges[r + 1], edges[c] : edges[c + 1]] = level(j, k)
+        Image.fromarray(pixels).convert("RGB").save(folder / f"painted{j}.jpg", quality=100)
+    write_shards(folder, root / "shards", shard_size=3, workers=1, progress=False)
+    return root / "shards"
+
+
+@pytest.fixture(scope="module")
+def photo_shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("photos")
+    build_demo_corpus(root / "corpus", num_images=24, seed=5)
+    write_shards(root / "corpus", root / "shards", shard_size=12, workers=1, progress=False)
+    return root / "shards"
+
+
+def image_of(key: str) -> int:
+    return int(key.split("painted")[1][0])
+
+
+def batches(shards, recipe, backend, epochs=1, **kw):
+    name, device = backend
+    kw.setdefault("batch_size", IMAGES)
+    out = []
+    with SSLLoader(shards, recipe, backend=name, device=device, num_threads=1, **kw) as loader:
+        for epoch in range(epochs):
+            loader.set_epoch(epoch)
+            out += [{k: (v.cpu() if torch.is_tensor(v) else v) for k, v in b.items()} for b in loader]
+    return out
+
+
+# -- recipes ---------------------------------------------------------------------------------------
+def test_recipes_are_registered_and_validate_their_grids(tmp_path):
+    for name in ("jigsaw", "jigsawpp", "context", "patchgrid"):
+        assert get_recipe(name).name == name and name in RECIPES
+    with pytest.raises(ValueError, match="does not fit a 85 px cell"):
+        PatchSpec(stride=85, tile=64, gap=30)
+    with pytest.raises(ValueError, match="overlapping tiles"):
+        PatchSpec(grid=(7, 7), stride=32, tile=64, gap=4)
+    with pytest.raises(ValueError, match="does not fit a 200 px view"):
+        Jigsaw(size=200)
+    with pytest.raises(ValueError, match="does not fit"):
+        Jigsaw(channel_shift=6)  # the 5 px margin cannot hold a 6 px channel shift
+    with pytest.raises(ValueError, match="3x3 grid"):
+        ContextPrediction(grid=(2, 2), stride=120, size=255)
+    with pytest.raises(ValueError, match="max_replaced"):
+        JigsawPP(max_replaced=9)
+    four = tmp_path / "four.npy"
+    np.save(four, np.array([[0, 1, 2, 3], [3, 2, 1, 0]]))
+    with pytest.raises(ValueError, match="orders 4 tiles, the grid has 9"):
+        Jigsaw(permutations=str(four))
+    published = tmp_path / "published.npy"
+    np.save(published, Jigsaw(n_permutations=30).permutation_table() + 1)  # 1-based, as published
+    loaded = Jigsaw(permutations=str(published), n_permutations=30)
+    np.testing.assert_array_equal(loaded.permutation_table(), Jigsaw(n_permutations=30).permutation_table())
+    assert Jigsaw().permutation_table().shape == (1000, 9)
+    assert JigsawPP().permutation_table().shape == (701, 9)
+
+
+# -- draws -----------------------------------------------------------------------------------------
+def draws(recipe, valid=None):
+    ids = np.arange(N) + 10_000
+    sizes = dict(heights=np.full(N, 300), widths=np.full(N, 400))
+    views = sample_params(recipe, seed=1, epoch=2, sample_ids=ids, **sizes)
+    valid = np.ones(N, bool) if valid is None else valid
+    patch = sample_patch_params(recipe, seed=1, epoch=2, sample_ids=ids, gray=views[0]["gray"], valid=valid)
+    return views, patch
+
+
+def uniform_p(values: np.ndarray, bins: int) -> float:
+    return stats.chisquare(np.bincount(values, minlength=bins)).pvalue
+
+
+def test_tiles_keep_their_gap_and_jitter_inside_the_cell():
+    recipe = Jigsaw()
+    spec = recipe.patches()
+    _, patch = draws(recipe)
+    offsets = patch["offsets"].astype(int)
+    jitter = offsets - spec.origins(recipe.size)[None]
+    assert jitter.min() == 0 and jitter.max() == spec.jitter == 11
+    assert uniform_p(jitter.ravel(), spec.jitter + 1) > 1e-3
+    grid = offsets.reshape(N, 3, 3, 2)
+    horizontal_gap = grid[:, :, 1:, 1] - (grid[:, :, :-1, 1] + spec.tile)
+    vertical_gap = grid[:, 1:, :, 0] - (grid[:, :-1, :, 0] + spec.tile)
+    assert horizontal_gap.min() >= spec.gap and vertical_gap.min() >= spec.gap == 10
+    cell_start = np.arange(3) * spec.stride
+    assert np.all(grid[..., 0] >= cell_start[None, :, None]) and np.all(grid[..., 1] >= cell_start)
+    assert np.all(grid[..., 0] + spec.tile <= cell_start[None, :, None] + spec.stride)
+
+
+def test_grayscale_rate_and_channel_shifts_follow_the_recipe():
+    views, patch = draws(Jigsaw())
+    gray = views[0]["gray"]
+    assert abs(gray.mean() - 0.7) < 4 * np.sqrt(0.7 * 0.3 / N)
+    shift = patch["channel_shift"]
+    assert np.all(shift[gray] == 0)
+    assert shift.min() == -2 and shift.max() == 2
+    assert uniform_p(shift[~gray].ravel() + 2, 5) > 1e-3
+
+
+def test_permutation_neighbour_and_replacement_draws_are_uniform():
+    _, jig = draws(Jigsaw())
+    assert uniform_p(jig["perm_index"] // 100, 10) > 1e-3  # 10 groups of 100 permutations
+    _, ctx = draws(ContextPrediction())
+    assert uniform_p(ctx["neighbor"], 8) > 1e-3
+    assert uniform_p(ctx["keep_channel"].ravel(), 3) > 1e-3
+    valid = np.ones(N, bool)
+    valid[::7] = False  # skipped samples never lend a tile
+    _, pp = draws(JigsawPP(), valid=valid)
+    counts = pp["replaced"].sum(axis=1)
+    assert counts.max() == 2 and uniform_p(counts, 3) > 1e-3
+    rows, positions = np.nonzero(pp["replaced"])
+    donors = pp["donor"][rows, positions]
+    assert np.all(donors != rows) and np.all(valid[donors])
+    assert np.all(pp["donor"][~pp["replaced"]] == -1)
+    assert uniform_p(pp["donor_cell"][rows, positions], 9) > 1e-3
+
+
+def test_a_batch_of_one_has_no_tile_to_borrow():
+    recipe = JigsawPP()
+    one = dict(gray=np.zeros(1, bool), valid=np.ones(1, bool))
+    patch = sample_patch_params(recipe, seed=0, epoch=0, sample_ids=[5], **one)
+    assert not patch["replaced"].any()
+
+
+# -- the loader, every backend ---------------------------------------------------------------------
+def test_inverse_permutation_restores_cell_order(painted_shards, backend):
+    recipe = Jigsaw(dtype="uint8", return_params=True)
+    table = recipe.permutation_table()
+    seen = 0
+    for batch in batches(painted_shards, recipe, backend, epochs=3):
+        tiles = batch["views"][0]
+        assert tiles.shape == (IMAGES, 9, 3, 64, 64) and tiles.dtype == torch.uint8
+        perm = table[batch["perm_index"].numpy()]
+        np.testing.assert_array_equal(batch["patch_params"]["perm"].numpy(), perm)
+        for b, key in enumerate(batch["key"]):
+            means = tiles[b].float().mean(dim=(1, 2, 3)).numpy()
+            found = [decode_level(m) for m in means]
+            assert [cell for _, cell in found] == list(perm[b])  # position p holds cell perm[p]
+            restored = means[np.argsort(perm[b])]
+            assert [decode_level(m) for m in restored] == [(image_of(key), k) for k in range(9)]
+            seen += 1
+    assert seen == 3 * IMAGES
+
+
+def test_replaced_tiles_come_from_another_image_of_the_batch(painted_shards, backend):
+    recipe = JigsawPP(dtype="uint8", return_params=True)
+    table = recipe.permutation_table()
+    replaced_total = 0
+    for batch in batches(painted_shards, recipe, backend, epochs=4):
+        params = batch["patch_params"]
+        assert torch.equal(batch["replaced"], params["replaced"])
+        images = [image_of(k) for k in batch["key"]]
+        for b in range(IMAGES):
+            for p in range(9):
+                got_image, got_cell = decode_level(float(batch["views"][0][b, p].float().mean()))
+                if batch["replaced"][b, p]:
+                    donor = int(params["donor"][b, p])
+                    assert donor != b and got_image == images[donor] != images[b]
+                    assert got_cell == int(params["donor_cell"][b, p])
+                    replaced_total += 1
+                else:
+                    assert (got_image, got_cell) == (images[b], table[int(batch["perm_index"][b])][p])
+        assert batch["replaced"].sum(dim=1).max() <= 2
+    assert replaced_total > 0
+
+
+def test_context_pairs_the_centre_with_the_labelled_neighbour(painted_shards, backend):
+    labels = []
+    for batch in batches(painted_shards, ContextPrediction(dtype="uint8", colour="none"), backend, epochs=4):
+        centre, neighbour = batch["views"]
+        assert centre.shape == neighbour.shape == (IMAGES, 3, 64, 64)
+        for b, key in enumerate(batch["key"]):
+            assert decode_level(float(centre[b].float().mean())) == (image_of(key), 4)
+            label = int(batch["neighbor"][b])
+            assert decode_level(float(neighbour[b].float().mean())) == (image_of(key), NEIGHBOURS[label])
+            labels.append(label)
+    assert set(labels) <= set(range(8)) and len(set(labels)) >= 5
+
+
+def test_context_colour_dropping_keeps_one_channel_per_patch(photo_shards, backend):
+    for batch in batches(photo_shards, ContextPrediction(), backend, batch_size=12):
+        for view in batch["views"]:
+            spread = view.flatten(2).std(dim=2)  # (B, 3)
+            strong = spread > 0.5
+            assert torch.all(strong.sum(dim=1) == 1), "exactly one channel carries the image"
+            assert torch.all(spread[~strong] < 0.02), "the other two are faint noise"
+
+
+def test_tiles_are_normalised_per_tile_and_grayscale_tiles_have_equal_channels(photo_shards, backend):
+    recipe = Jigsaw(return_params=True)
+    for batch in batches(photo_shards, recipe, backend, batch_size=12):
+        tiles = batch["views"][0].flatten(3)  # (B, 9, 3, 4096)
+        spread = tiles.std(dim=3, correction=0)
+        textured = spread > 0.5  # flat tiles (std under a level) are centred only
+        assert tiles.mean(dim=3).abs().max() < 1e-4
+        assert torch.allclose(spread[textured], torch.ones(()), atol=1e-3)
+        gray = batch["params"][0]["gray"]
+        assert torch.equal(tiles[gray][:, :, 0], tiles[gray][:, :, 2])
+        shifted = batch["patch_params"]["channel_shift"][~gray]
+        assert torch.all(batch["patch_params"]["channel_shift"][gray] == 0) and shifted.abs().max() <= 2
+
+
+def test_patch_grid_patches_overlap_by_their_stride(photo_shards, backend):
+    for batch in batches(photo_shards, PatchGrid(), backend, batch_size=12):
+        grid = batch["views"][0]
+        assert grid.shape == (12, 49, 3, 64, 64) and grid.dtype == torch.float32
+        grid = grid.view(12, 7, 7, 3, 64, 64)
+        assert torch.equal(grid[:, :, :-1, ..., 32:], grid[:, :, 1:, ..., :32])
+        assert torch.equal(grid[:, :-1, :, :, 32:, :], grid[:, 1:, :, :, :32, :])
+
+
+PATCH_RECIPES = [Jigsaw(), JigsawPP(), ContextPrediction(), PatchGrid()]
+
+
+@pytest.mark.parametrize("recipe", PATCH_RECIPES, ids=lambda r: r.name)
+def test_backends_give_the_same_layout_parameters_and_close_pixels(photo_shards, recipe):
+    pytest.importorskip("nvidia.dali")
+    recipe = recipe.replace(return_params=True)
+    dali = batches(photo_shards, recipe, ("dali", "cpu"), batch_size=12)
+    kornia = batches(photo_shards, recipe, ("kornia", "cpu"), batch_size=12)
+    for a, b in zip(dali, kornia, strict=True):
+        assert set(a) == set(b) and a["key"] == b["key"]
+        for name in ("perm_index", "replaced", "neighbor"):
+            if name in a:
+                assert torch.equal(a[name], b[name])
+        for name, value in a["patch_params"].items():
+            assert torch.equal(value, b["patch_params"][name]), name
+        for x, y in zip(a["views"], b["views"], strict=True):
+            assert x.shape == y.shape and x.dtype == y.dtype
+            if isinstance(recipe, ContextPrediction):  # the dropped channels are noise on both
+                assert (x - y).abs().median() < 0.1
+            else:
+                assert (x - y).abs().median() < 0.1 and (x - y).abs().mean() < 0.15
+
+
+def test_resume_continues_the_same_tiles(photo_shards, backend):
+    name, device = backend
+    recipe = JigsawPP()
+    with SSLLoader(photo_shards, recipe, batch_size=6, backend=name, device=device, num_threads=1) as loader:
+        full = list(loader)
+    with SSLLoader(photo_shards, recipe, batch_size=6, backend=name, device=device, num_threads=1) as loader:
+        it = iter(loader)
+        next(it)
+        state = loader.state_dict()
+    with SSLLoader(photo_shards, recipe, batch_size=6, backend=name, device=device, num_threads=1) as loader:
+        loader.load_state_dict(state)
+        rest = list(loader)
+    assert len(rest) == len(full) - 1
+    for a, b in zip(full[1:], rest, strict=True):
+        assert a["key"] == b["key"] and torch.equal(a["perm_index"], b["perm_index"])
+        assert torch.equal(a["views"][0], b["views"][0])
