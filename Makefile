@@ -30,8 +30,9 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_shard_writer.py --repeats 5
 	$(PY) benchmarks/bench_plan.py --repeats 15
 	$(PY) benchmarks/bench_perms.py --json benchmarks/out/bench_perms.json
+	$(PY) benchmarks/bench_patches.py --json benchmarks/out/bench_patches_cpu.json
 	$(VENV)/bin/fastssl demo --quiet
-	for r in simclr crop; do for b in dali kornia; do \
+	for r in simclr crop jigsaw context; do for b in dali kornia; do \
 	  $(VENV)/bin/fastssl bench demo_out/shards --recipe $$r --backend $$b --batch-size 64 --batches 12 --warmup 2 \
 	    --quiet --json benchmarks/out/bench_$${r}_$${b}.json --plot benchmarks/out/bench_$${r}_$${b}.png; done; done
 	$(PY) benchmarks/bench_ablation.py demo_out/shards --backend dali --batch-size 64 --batches 8

@@ -128,7 +128,9 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("data", help="shard folder or manifest.json")
     p.add_argument(
-        "--recipe", default="simclr", help="simclr, mocov2, byol, multicrop, rotation, crop (simclr)"
+        "--recipe",
+        default="simclr",
+        help="simclr, mocov2, byol, multicrop, rotation, crop, jigsaw, jigsawpp, context, patchgrid (simclr)",
     )
     p.add_argument(
         "--backend", choices=("auto", "dali", "kornia"), default="auto", help="fastssl backend (auto)"

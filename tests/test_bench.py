@@ -11,7 +11,7 @@ from fastssl.bench.baseline import DecodeOnlyDataset, PilRecipeDataset
 from fastssl.bench.harness import format_table, tree_usage
 from fastssl.cli import main
 from fastssl.data.manifest import Manifest
-from fastssl.recipes import BYOL, Rotation, SimCLR
+from fastssl.recipes import BYOL, ContextPrediction, Jigsaw, JigsawPP, PatchGrid, Rotation, SimCLR
 
 
 def test_baseline_dataset_gives_the_recipes_views(shard_dir: Path) -> None:
@@ -21,6 +21,21 @@ def test_baseline_dataset_gives_the_recipes_views(shard_dir: Path) -> None:
         assert [tuple(v.shape) for v in views] == [(3, s.size, s.size) for s in recipe.views()]
         assert all(float(v.min()) >= -2.2 and float(v.max()) <= 2.7 for v in views)
     assert DecodeOnlyDataset(manifest)[0].tolist()[0] > 0
+
+
+def test_patch_baseline_gives_the_recipes_tiles_and_targets(shard_dir: Path) -> None:
+    from fastssl.bench.patch_baseline import PilPatchDataset
+
+    manifest = Manifest.load(shard_dir)
+    tiles, perm = PilPatchDataset(manifest, Jigsaw())[1]
+    assert tiles.shape == (9, 3, 64, 64) and 0 <= int(perm) < 1000
+    assert tiles.flatten(1).mean(1).abs().max() < 1e-3  # each tile normalised
+    tiles, perm = PilPatchDataset(manifest, JigsawPP())[2]
+    assert tiles.shape == (9, 3, 64, 64) and 0 <= int(perm) < 701
+    centre, neighbour, label = PilPatchDataset(manifest, ContextPrediction())[0]
+    assert centre.shape == neighbour.shape == (3, 64, 64) and 0 <= int(label) < 8
+    (grid,) = PilPatchDataset(manifest, PatchGrid())[0]
+    assert grid.shape == (49, 3, 64, 64)
 
 
 def test_tree_usage_counts_this_process() -> None:

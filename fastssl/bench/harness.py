@@ -103,7 +103,7 @@ def run_child(name: str, config: dict) -> dict:
 
     from fastssl.data.manifest import Manifest
     from fastssl.loader import resolve_data
-    from fastssl.recipes import get_recipe
+    from fastssl.recipes import PatchRecipe, get_recipe
 
     torch.set_num_threads(max(1, config["workers"]))
     recipe = get_recipe(config["recipe"])
@@ -128,7 +128,14 @@ def run_child(name: str, config: dict) -> dict:
         return result
     from fastssl.bench.baseline import DecodeOnlyDataset, PilRecipeDataset, baseline_uses_torchvision
 
-    dataset = PilRecipeDataset(manifest, recipe) if name == "baseline" else DecodeOnlyDataset(manifest)
+    if name != "baseline":
+        dataset = DecodeOnlyDataset(manifest)
+    elif isinstance(recipe, PatchRecipe):
+        from fastssl.bench.patch_baseline import PilPatchDataset
+
+        dataset = PilPatchDataset(manifest, recipe)
+    else:
+        dataset = PilRecipeDataset(manifest, recipe)
     dataloader = torch.utils.data.DataLoader(
         dataset,
         batch_size=bs,
@@ -145,9 +152,12 @@ def run_child(name: str, config: dict) -> dict:
     count = (lambda b: len(b[0])) if name == "baseline" else len
     result = _measure(_epochs(epoch), count, *args)
     if name == "baseline":
-        result["transforms"] = (
-            "torchvision" if baseline_uses_torchvision(recipe) else "PIL (torchvision absent)"
-        )
+        if isinstance(recipe, PatchRecipe):
+            result["transforms"] = "PIL + NumPy tiles"
+        else:
+            result["transforms"] = (
+                "torchvision" if baseline_uses_torchvision(recipe) else "PIL (torchvision absent)"
+            )
     return result
 
 
