@@ -33,7 +33,8 @@ def sample_patch_params(
     valid: np.ndarray,
 ) -> dict[str, np.ndarray]:
     """Patch draws for a batch. Always: `offsets` (B, cells, 2) int32, each cell's tile corner in the
-    base view; `channel_shift` (B, cells, 3, 2) int8, zero for grayscale samples (`gray`). Jigsaw:
+    base view; `channel_shift` (B, cells, 3, 2) int8, zero for grayscale samples; `gray` (B,), the
+    base view's grayscale draw, which the patch stage applies to the tiles. Jigsaw:
     `perm_index` (B,). Jigsaw++: `replaced` (B, cells) bool over output positions, `donor` and
     `donor_cell` (B, cells) int32 (-1 where not replaced): the batch row and cell the foreign tile
     comes from, another valid sample of the batch (`valid`). Context: `neighbor` (B,) 0-7,
@@ -56,7 +57,11 @@ def sample_patch_params(
     width = 2 * spec.channel_shift + 1
     shift = _integers(take(6 * cells), width).reshape(n, cells, 3, 2) - spec.channel_shift
     shift[np.asarray(gray, dtype=bool)] = 0  # identical channels: shifting would add colour
-    out = {"offsets": offsets.astype(np.int32), "channel_shift": shift.astype(np.int8)}
+    out = {
+        "offsets": offsets.astype(np.int32),
+        "channel_shift": shift.astype(np.int8),
+        "gray": np.asarray(gray, dtype=bool).copy(),
+    }
     perm_u, count_u, position_u, task_u = take(1)[:, 0], take(1)[:, 0], take(cells), take(2 * cells + 4)
     if isinstance(recipe, Jigsaw):
         out["perm_index"] = _integers(perm_u, recipe.n_permutations)

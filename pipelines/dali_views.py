@@ -52,7 +52,7 @@ def view_inputs(spec: ViewSpec) -> tuple[str, ...]:
 def pack_inputs(recipe: Recipe, batch: HostBatch) -> tuple[list[Any], ...]:
     """The external_source outputs for one batch: the JPEGs, then `view_inputs` of every view."""
     columns: list[list[Any]] = [batch.jpegs]
-    for spec, params in zip(recipe.views(), batch.params, strict=True):
+    for spec, params in zip(recipe.graph_views(), batch.params, strict=True):
         names = view_inputs(spec)
         top, left, height, width = (params["crop"][:, k].astype(np.float32) for k in range(4))
         flip = params["flip"]
@@ -103,7 +103,7 @@ def build_pipeline(
     """
     if device not in ("cpu", "gpu"):
         raise ValueError(f"device must be 'cpu' or 'gpu', got {device!r}")
-    views = recipe.views()
+    views = recipe.graph_views()
     mean = [255.0 * m for m in recipe.mean]
     std = [255.0 * s for s in recipe.std]
 

@@ -39,7 +39,7 @@ def _draft_factor(crops: list[np.ndarray], sizes: list[int]) -> int:
 
 def decode_views(batch: HostBatch, recipe: Recipe, *, on_error: str = "raise") -> list[np.ndarray]:
     """Every view of every sample as uint8 (B, S, S, 3): decoded once, cropped, resized, flipped."""
-    specs = recipe.views()
+    specs = recipe.graph_views()
     sizes = [spec.size for spec in specs]
     out = [np.empty((len(batch), s, s, 3), dtype=np.uint8) for s in sizes]
     for i, jpeg in enumerate(batch.jpegs):
@@ -75,7 +75,7 @@ class KorniaViews:
 
     def __init__(self, recipe: Recipe, device: torch.device | str = "cpu") -> None:
         self.recipe = recipe
-        self.specs = recipe.views()
+        self.specs = recipe.graph_views()
         self.device = torch.device(device)
         self.mean = torch.tensor(recipe.mean, device=self.device)
         self.std = torch.tensor(recipe.std, device=self.device)

@@ -14,12 +14,13 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from fastssl.kernels.tiles import gather_tiles
+from fastssl.kernels.tiles import LUMA, gather_tiles
 
 from fastssl.recipes.patches import NEIGHBOURS, ContextPrediction, Jigsaw, JigsawPP, PatchRecipe
 
 Engine = Literal["auto", "numba", "torch"]
 _GREEN_MAGENTA = torch.tensor([-1.0, 2.0, -1.0])
+_LUMA = torch.tensor(LUMA)
 _STD_FLOOR = 1.0  # in pixel levels: a flat tile is centred, not blown up
 _NOISE = 0.01  # Doersch et al.: dropped channels become noise of 1/100 the kept channel's std
 
@@ -67,6 +68,14 @@ def standardise(tiles: torch.Tensor) -> torch.Tensor:
     return (x - mean) / std
 
 
+def to_luma(tiles: torch.Tensor, gray: torch.Tensor) -> torch.Tensor:
+    """Every channel of the tiles whose `gray` (B, P) is set becomes their luma (uint8 stays uint8)."""
+    x = tiles.float()
+    luma = torch.einsum("bpchw,c->bphw", x, _LUMA.to(x.device))[:, :, None].expand_as(x)
+    x = torch.where(gray[:, :, None, None, None], luma, x)
+    return x.add_(0.5).floor_().clamp_(0, 255).to(torch.uint8) if tiles.dtype == torch.uint8 else x
+
+
 class PatchViews:
     """Base views (B, 3, H, W) uint8 and patch draws in; the task's views and targets out."""
 
@@ -93,29 +102,46 @@ class PatchViews:
         plan = gather_plan(recipe, patch, self.table)
         raw = recipe.dtype == "uint8"
         project = isinstance(recipe, ContextPrediction) and recipe.colour == "project"
-        fused = not raw and recipe.tile_norm == "tile" and not project
-        tiles = self._gather(base, plan, standardised=fused)
-        if not raw and not fused:
+        # normalised while gathering, except where a colour projection has to come first
+        tiles = self._gather(base, plan, patch["gray"], normalised=not raw and not project)
+        if project and not raw:
             tiles = tiles.float()
-            if project:
-                axis = _GREEN_MAGENTA.to(tiles.device)
-                along = torch.einsum("bpchw,c->bphw", tiles, axis)[:, :, None]
-                tiles = tiles - along * axis[None, None, :, None, None] / axis.dot(axis)
+            axis = _GREEN_MAGENTA.to(tiles.device)
+            along = torch.einsum("bpchw,c->bphw", tiles, axis)[:, :, None]
+            tiles = tiles - along * axis[None, None, :, None, None] / axis.dot(axis)
             tiles = standardise(tiles) if recipe.tile_norm == "tile" else (tiles - self.mean) / self.std
         if isinstance(recipe, ContextPrediction) and recipe.colour == "drop" and not raw:
             tiles = self._drop_colours(tiles, patch)
         return self._shape(tiles, patch), self._targets(patch), plan
 
-    def _gather(self, base: torch.Tensor, plan: dict, *, standardised: bool) -> torch.Tensor:
+    def _gather(self, base: torch.Tensor, plan: dict, gray: np.ndarray, *, normalised: bool) -> torch.Tensor:
+        """Tiles as uint8, or normalised as the recipe says (`tile_norm`) when `normalised`."""
         tile = self.spec.tile
+        standardised = normalised and self.recipe.tile_norm == "tile"
         if self.engine == "numba":
             images = base.detach().cpu().numpy()
-            out = gather_tiles(images, plan["source"], plan["corners"], tile, standardise=standardised)
+            affine = None
+            if normalised and not standardised:  # (x / 255 - mean) / std as one multiply-add
+                std = np.asarray(self.recipe.std) * 255
+                affine = (1.0 / std, -np.asarray(self.recipe.mean) * 255 / std)
+            out = gather_tiles(
+                images,
+                plan["source"],
+                plan["corners"],
+                tile,
+                gray=gray,
+                standardise=standardised,
+                affine=affine,
+            )
             return torch.from_numpy(out).to(self.device)
         source = torch.from_numpy(plan["source"]).to(base.device)
         corners = torch.from_numpy(plan["corners"]).to(base.device)
         tiles = torch_gather(base, source, corners, tile)
-        return standardise(tiles) if standardised else tiles
+        if gray.any():
+            tiles = to_luma(tiles, torch.from_numpy(gray).to(base.device)[source])
+        if standardised:
+            return standardise(tiles)
+        return (tiles.float() - self.mean) / self.std if normalised else tiles
 
     def _drop_colours(self, tiles: torch.Tensor, patch: dict[str, np.ndarray]) -> torch.Tensor:
         """Keep one channel per patch; the other two become faint Gaussian noise."""

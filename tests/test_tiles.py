@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 from fastssl.kernels.tiles import gather_tiles, gather_tiles_reference
-from fastssl.pipelines.patch_views import standardise, torch_gather
+from fastssl.pipelines.patch_views import standardise, to_luma, torch_gather
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -34,11 +34,13 @@ def _case(seed: int, n: int, batch: int, positions: int, size: int, tile: int, f
     size=st.integers(8, 40),
     tile=st.integers(1, 8),
     standardised=st.booleans(),
+    gray_bits=st.integers(0, 15),
 )
-def test_kernel_equals_reference(seed, n, batch, positions, size, tile, standardised):
+def test_kernel_equals_reference(seed, n, batch, positions, size, tile, standardised, gray_bits):
     images, source, corners = _case(seed, n, batch, positions, size, tile, flat=seed % 3 == 0)
-    got = gather_tiles(images, source, corners, tile, standardise=standardised)
-    expected = gather_tiles_reference(images, source, corners, tile, standardise=standardised)
+    gray = (gray_bits >> np.arange(n)) & 1 == 1
+    got = gather_tiles(images, source, corners, tile, gray=gray, standardise=standardised)
+    expected = gather_tiles_reference(images, source, corners, tile, gray=gray, standardise=standardised)
     assert got.shape == (batch, positions, 3, tile, tile)
     if standardised:
         assert got.dtype == np.float32
@@ -46,6 +48,8 @@ def test_kernel_equals_reference(seed, n, batch, positions, size, tile, standard
     else:
         assert got.dtype == np.uint8
         np.testing.assert_array_equal(got, expected)
+    from_gray = gray[source]
+    assert np.array_equal(got[from_gray][:, 0], got[from_gray][:, 2]), "grayscale tiles: equal channels"
 
 
 def test_torch_indexing_gives_the_same_tiles_and_statistics():
@@ -59,6 +63,39 @@ def test_torch_indexing_gives_the_same_tiles_and_statistics():
     assert np.all(stats[flat] == 0)
     np.testing.assert_allclose(stats[~flat].mean(-1), 0, atol=1e-4)
     np.testing.assert_allclose(stats[~flat].std(-1), 1, atol=1e-3)
+
+
+def test_affine_normalisation_while_gathering():
+    images, source, corners = _case(2, 3, 4, 9, 40, 16)
+    gray = np.array([False, True, False])
+    scale, offset = np.array([0.5, 2.0, -1.0]), np.array([1.0, -3.0, 0.25])
+    got = gather_tiles(images, source, corners, 16, gray=gray, affine=(scale, offset))
+    expected = gather_tiles_reference(images, source, corners, 16, gray=gray, affine=(scale, offset))
+    np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-4)
+    plain = gather_tiles_reference(images, source, corners, 16).astype(float)
+    rows = ~gray[source]
+    np.testing.assert_allclose(
+        got[rows], plain[rows] * scale[:, None, None] + offset[:, None, None], atol=1e-4
+    )
+    with pytest.raises(ValueError, match="choose one"):
+        gather_tiles(images, source, corners, 16, standardise=True, affine=(scale, offset))
+
+
+def test_grayscale_tiles_are_itu601_luma_on_both_engines():
+    images, source, corners = _case(9, 3, 4, 9, 40, 16)
+    gray = np.array([True, False, True])
+    got = gather_tiles(images, source, corners, 16, gray=gray)
+    tiles = torch_gather(torch.from_numpy(images), torch.from_numpy(source), torch.from_numpy(corners), 16)
+    by_torch = to_luma(tiles, torch.from_numpy(gray[source])).numpy().astype(int)
+    assert np.abs(by_torch - got).max() <= 1  # float32 luma on torch: a rare .5 rounds the other way
+    b, p = np.argwhere(gray[source])[0]
+    r, g, bl = (
+        images[source[b, p], c, top : top + 16, left : left + 16].astype(float)
+        for c, (top, left) in enumerate(corners[b, p])
+    )  # each channel as cut at its own corner
+    expected = np.floor(0.299 * r + 0.587 * g + 0.114 * bl + 0.5)
+    for c in range(3):
+        np.testing.assert_array_equal(got[b, p, c], expected)
 
 
 def test_a_plan_reaching_outside_the_images_is_refused():

@@ -101,6 +101,11 @@ class Recipe:
     def num_views(self) -> int:
         return len(self.views())
 
+    def graph_views(self) -> tuple[ViewSpec, ...]:
+        """The views as the backends' graphs compute them: `views()`, except where a later stage
+        takes an op over (patch recipes apply grayscale to their tiles)."""
+        return self.views()
+
     @property
     def view_dtype(self) -> Dtype:
         """What the backends' view graphs emit: the recipe's dtype, or uint8 for recipes that cut
