@@ -63,6 +63,17 @@ def image_of(key: str) -> int:
     return int(key.split("painted")[1][0])
 
 
+def _to_cpu(value):
+    """A batch with every tensor, nested ones included, on the CPU."""
+    if torch.is_tensor(value):
+        return value.cpu()
+    if isinstance(value, dict):
+        return {k: _to_cpu(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_to_cpu(v) for v in value]
+    return value
+
+
 def batches(shards, recipe, backend, epochs=1, **kw):
     name, device = backend
     kw.setdefault("batch_size", IMAGES)
@@ -70,7 +81,7 @@ def batches(shards, recipe, backend, epochs=1, **kw):
     with SSLLoader(shards, recipe, backend=name, device=device, num_threads=1, **kw) as loader:
         for epoch in range(epochs):
             loader.set_epoch(epoch)
-            out += [{k: (v.cpu() if torch.is_tensor(v) else v) for k, v in b.items()} for b in loader]
+            out += [_to_cpu(b) for b in loader]
     return out
 
 
