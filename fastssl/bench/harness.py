@@ -45,7 +45,8 @@ def _tree(root: int) -> list[int]:
 
 
 def tree_usage(root: int | None = None) -> tuple[float, int]:
-    """(CPU seconds, bytes of peak resident memory) summed over a process tree (default: this one's)."""
+    """(CPU seconds, bytes of peak resident memory) summed over a process tree (default: this one's),
+    reaped children's CPU time included."""
     cpu, peak = 0.0, 0
     for pid in _tree(root or os.getpid()):
         try:
@@ -55,7 +56,9 @@ def tree_usage(root: int | None = None) -> tuple[float, int]:
                 hwm = next((line.split()[1] for line in f if line.startswith("VmHWM:")), "0")
         except OSError:
             continue
-        cpu += (int(fields[11]) + int(fields[12])) / _CLK
+        # own user + system time, plus that of children already reaped (cutime, cstime): worker
+        # processes that exit mid-span (a DataLoader per epoch) would otherwise take theirs along
+        cpu += sum(int(v) for v in fields[11:15]) / _CLK
         peak += int(hwm) * 1024  # kB
     return cpu, peak
 
