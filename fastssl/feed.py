@@ -96,6 +96,7 @@ class HostBatch:
     params: list[dict[str, np.ndarray]]
     skipped: list[dict[str, str]] = field(default_factory=list)
     patch: dict[str, np.ndarray] | None = None
+    sample_ids: np.ndarray | None = None  # global sample ids, the key of every random draw
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -166,17 +167,24 @@ class BatchReader:
             heights=heights,
             widths=widths,
         )
-        patch = None
+        batch = HostBatch(number, jpegs, heights, widths, keys, shards, labels, valid, params, skipped)
+        batch.sample_ids = np.asarray(entries.global_id, dtype=np.int64)
+        self.draw_patches(batch)
+        return batch
+
+    def draw_patches(self, batch: HostBatch) -> None:
+        """(Re)draw the patch recipe's draws from the batch's current `valid` flags: called again
+        when decoding marks a sample invalid, so that Jigsaw++ never borrows a placeholder's tile
+        and every backend ends with the same draws as one that knew it at read time."""
         if isinstance(self.recipe, PatchRecipe):
-            patch = sample_patch_params(
+            batch.patch = sample_patch_params(
                 self.recipe,
                 seed=self.plan.seed,
                 epoch=self.plan.epoch,
-                sample_ids=entries.global_id,
-                gray=params[0]["gray"],
-                valid=valid,
+                sample_ids=batch.sample_ids,
+                gray=batch.params[0]["gray"],
+                valid=batch.valid,
             )
-        return HostBatch(number, jpegs, heights, widths, keys, shards, labels, valid, params, skipped, patch)
 
     def _key(self, shard: int, sample: int) -> str:
         try:

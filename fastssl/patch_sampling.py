@@ -38,7 +38,8 @@ def sample_patch_params(
     `perm_index` (B,). Jigsaw++: `replaced` (B, cells) bool over output positions, `donor` and
     `donor_cell` (B, cells) int32 (-1 where not replaced): the batch row and cell the foreign tile
     comes from, another valid sample of the batch (`valid`). Context: `neighbor` (B,) 0-7,
-    `keep_channel` (B, 2) int8 for colour dropping, `noise_seed` (B,) int64.
+    `keep_channel` (B, 2) int8 for colour dropping, `noise_seed` (B,) int64 (the patch stage seeds a
+    batch's noise from its first sample's).
     """
     spec = recipe.patches()
     ids = np.asarray(sample_ids, dtype=np.int64)

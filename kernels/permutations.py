@@ -7,9 +7,11 @@ every permutation of up to 10 tiles (n! rows), or a seeded random pool for large
 
 The pool is put in a seeded random order and ties go to the earliest candidate in that order, so
 the seed decides both the start and the tie-breaks, and the Numba kernel and the NumPy reference
-choose the identical set. No library offers this selection, hence the hand-written kernel: it packs
+choose the identical set. No library offers this selection, hence the hand-written kernels: they pack
 each permutation into one uint64 (4 bits per position, up to 16 tiles), so a Hamming distance is a
-XOR and a nibble count, and splits the candidate sweep of every step across threads.
+XOR and a nibble count. "max_min" runs a lazy greedy (serial; a candidate is compared only with the
+permutations chosen since it was last looked at); "max_avg" needs every candidate's sum after every
+step, so its sweep is eager and split across threads.
 """
 
 from __future__ import annotations
@@ -146,9 +148,9 @@ def _lazy_max_min_kernel(packed: np.ndarray, count: int, floor: int, n_tiles: in
 
 
 @numba.njit(parallel=True, cache=True)
-def _greedy_kernel(packed: np.ndarray, count: int, use_min: bool, floor: int, chunks: int) -> np.ndarray:
-    """Indices of the chosen candidates, in the order chosen; stops early (fewer than `count`) when
-    no candidate is left at distance >= `floor` from every chosen one."""
+def _max_avg_kernel(packed: np.ndarray, count: int, floor: int, chunks: int) -> np.ndarray:
+    """max_avg selection, eager: indices of the chosen candidates in the order chosen; stops early
+    (fewer than `count`) when no candidate is left at distance >= `floor` from every chosen one."""
     n = packed.shape[0]
     nearest = np.full(n, 255, dtype=np.int64)  # min distance to the chosen set
     total = np.zeros(n, dtype=np.int64)  # sum of distances to the chosen set
@@ -169,10 +171,8 @@ def _greedy_kernel(packed: np.ndarray, count: int, use_min: bool, floor: int, ch
                 if d < nearest[c]:
                     nearest[c] = d
                 total[c] += d
-                if nearest[c] >= floor:
-                    score = nearest[c] if use_min else total[c]
-                    if score > value:
-                        value, index = score, c
+                if nearest[c] >= floor and total[c] > value:
+                    value, index = total[c], c
             best_value[chunk], best_index[chunk] = value, index
         value, pick = np.int64(-1), np.int64(-1)
         for chunk in range(chunks):  # chunks in pool order: ties go to the earliest candidate
@@ -236,7 +236,7 @@ def permutation_set(
         chosen = _lazy_max_min_kernel(pack(pool), count, floor, n_tiles)
     elif engine == "numba":
         chunks = 4 * max(1, numba.get_num_threads())
-        chosen = _greedy_kernel(pack(pool), count, use_min, floor, chunks)
+        chosen = _max_avg_kernel(pack(pool), count, floor, chunks)
     elif engine == "numpy":
         chosen = _greedy_reference(pool, count, use_min, floor)
     else:

@@ -130,7 +130,10 @@ class _DecodedBatches(torch.utils.data.Dataset):
 
     def __getitem__(self, number: int) -> tuple[HostBatch, list[np.ndarray]]:
         batch = self.reader(number)
+        valid = batch.valid.copy()
         views = decode_views(batch, self.recipe, on_error=self.reader.on_error)
+        if not np.array_equal(valid, batch.valid):  # a decode failure: no tiles borrowed from it
+            self.reader.draw_patches(batch)
         batch.jpegs = []  # the bytes stay in the worker
         return batch, views
 

@@ -71,7 +71,8 @@ def standardise(tiles: torch.Tensor) -> torch.Tensor:
 def to_luma(tiles: torch.Tensor, gray: torch.Tensor) -> torch.Tensor:
     """Every channel of the tiles whose `gray` (B, P) is set becomes their luma (uint8 stays uint8)."""
     x = tiles.float()
-    luma = torch.einsum("bpchw,c->bphw", x, _LUMA.to(x.device))[:, :, None].expand_as(x)
+    weights = _LUMA.to(x.device)[None, None, :, None, None]
+    luma = (x * weights).sum(dim=2, keepdim=True).expand_as(x)  # a plain sum: no TF32 matmul
     x = torch.where(gray[:, :, None, None, None], luma, x)
     return x.add_(0.5).floor_().clamp_(0, 255).to(torch.uint8) if tiles.dtype == torch.uint8 else x
 
@@ -103,27 +104,30 @@ class PatchViews:
         raw = recipe.dtype == "uint8"
         project = isinstance(recipe, ContextPrediction) and recipe.colour == "project"
         # normalised while gathering, except where a colour projection has to come first
-        tiles = self._gather(base, plan, patch["gray"], normalised=not raw and not project)
-        if project and not raw:
-            tiles = tiles.float()
-            axis = _GREEN_MAGENTA.to(tiles.device)
-            along = torch.einsum("bpchw,c->bphw", tiles, axis)[:, :, None]
-            tiles = tiles - along * axis[None, None, :, None, None] / axis.dot(axis)
+        mode = "uint8" if raw else "float" if project else "normalised"
+        tiles = self._gather(base, plan, patch["gray"], mode)
+        if mode == "float":
+            axis = _GREEN_MAGENTA.to(tiles.device)[None, None, :, None, None]
+            along = (tiles * axis).sum(dim=2, keepdim=True)
+            tiles = tiles - along * axis / axis.square().sum()
             tiles = standardise(tiles) if recipe.tile_norm == "tile" else (tiles - self.mean) / self.std
         if isinstance(recipe, ContextPrediction) and recipe.colour == "drop" and not raw:
             tiles = self._drop_colours(tiles, patch)
         return self._shape(tiles, patch), self._targets(patch), plan
 
-    def _gather(self, base: torch.Tensor, plan: dict, gray: np.ndarray, *, normalised: bool) -> torch.Tensor:
-        """Tiles as uint8, or normalised as the recipe says (`tile_norm`) when `normalised`."""
+    def _gather(self, base: torch.Tensor, plan: dict, gray: np.ndarray, mode: str) -> torch.Tensor:
+        """Tiles as "uint8" (luma rounded), "float" (pixel levels, luma unrounded) or
+        "normalised" as the recipe says (`tile_norm`)."""
         tile = self.spec.tile
-        standardised = normalised and self.recipe.tile_norm == "tile"
+        standardised = mode == "normalised" and self.recipe.tile_norm == "tile"
         if self.engine == "numba":
-            images = base.detach().cpu().numpy()
             affine = None
-            if normalised and not standardised:  # (x / 255 - mean) / std as one multiply-add
+            if mode == "float":
+                affine = (np.ones(3), np.zeros(3))
+            elif mode == "normalised" and not standardised:  # (x / 255 - mean) / std in one multiply-add
                 std = np.asarray(self.recipe.std) * 255
                 affine = (1.0 / std, -np.asarray(self.recipe.mean) * 255 / std)
+            images = base.detach().cpu().numpy()
             out = gather_tiles(
                 images,
                 plan["source"],
@@ -137,14 +141,19 @@ class PatchViews:
         source = torch.from_numpy(plan["source"]).to(base.device)
         corners = torch.from_numpy(plan["corners"]).to(base.device)
         tiles = torch_gather(base, source, corners, tile)
-        if gray.any():
+        if mode != "uint8":
+            tiles = tiles.float()
+        if gray.any():  # luma rounded only for uint8 output, as the Numba kernel does
             tiles = to_luma(tiles, torch.from_numpy(gray).to(base.device)[source])
-        if standardised:
-            return standardise(tiles)
-        return (tiles.float() - self.mean) / self.std if normalised else tiles
+        if mode != "normalised":
+            return tiles
+        return standardise(tiles) if standardised else (tiles - self.mean) / self.std
 
     def _drop_colours(self, tiles: torch.Tensor, patch: dict[str, np.ndarray]) -> torch.Tensor:
-        """Keep one channel per patch; the other two become faint Gaussian noise."""
+        """Keep one channel per patch; the other two become faint Gaussian noise (std 1/100 of the
+        kept channel's, which per-tile normalisation has made 1). The batch's noise is seeded from
+        its first sample's `noise_seed` on the tiles' device: reproducible, but not the same
+        numbers on a CPU and a GPU, nor for a sample placed in another batch."""
         keep = torch.from_numpy(patch["keep_channel"].astype(np.int64)).to(tiles.device)
         dropped = torch.arange(tiles.shape[2], device=tiles.device)[None, None, :] != keep[:, :, None]
         # drawn on the tiles' device: a CPU draw and copy cost a GPU loader a third of its rate

@@ -109,6 +109,8 @@ def test_recipes_are_registered_and_validate_their_grids(tmp_path):
     np.save(published, Jigsaw(n_permutations=30).permutation_table() + 1)  # 1-based, as published
     loaded = Jigsaw(permutations=str(published), n_permutations=30)
     np.testing.assert_array_equal(loaded.permutation_table(), Jigsaw(n_permutations=30).permutation_table())
+    with pytest.raises(ValueError, match="holds 30 permutations; pass n_permutations=30"):
+        Jigsaw(permutations=str(published))  # perm_index would run past the table
     assert Jigsaw().permutation_table().shape == (1000, 9)
     assert JigsawPP().permutation_table().shape == (701, 9)
 
@@ -142,6 +144,7 @@ def test_tiles_keep_their_gap_and_jitter_inside_the_cell():
     cell_start = np.arange(3) * spec.stride
     assert np.all(grid[..., 0] >= cell_start[None, :, None]) and np.all(grid[..., 1] >= cell_start)
     assert np.all(grid[..., 0] + spec.tile <= cell_start[None, :, None] + spec.stride)
+    assert np.all(grid[..., 1] + spec.tile <= cell_start + spec.stride)
 
 
 def test_grayscale_rate_and_channel_shifts_follow_the_recipe():
@@ -238,9 +241,9 @@ def test_context_colour_dropping_keeps_one_channel_per_patch(photo_shards, backe
     for batch in batches(photo_shards, ContextPrediction(), backend, batch_size=12):
         for view in batch["views"]:
             spread = view.flatten(2).std(dim=2)  # (B, 3)
-            strong = spread > 0.5
-            assert torch.all(strong.sum(dim=1) == 1), "exactly one channel carries the image"
-            assert torch.all(spread[~strong] < 0.02), "the other two are faint noise"
+            strong = spread > 0.5  # a flat patch (std under one level) has no strong channel
+            assert torch.all(strong.sum(dim=1) <= 1) and (strong.sum(dim=1) == 1).float().mean() > 0.9
+            assert torch.all(spread[~strong] < 0.02), "the dropped two are faint noise"
 
 
 def test_tiles_are_normalised_per_tile_and_grayscale_tiles_have_equal_channels(photo_shards, backend):
@@ -288,6 +291,54 @@ def test_backends_give_the_same_layout_parameters_and_close_pixels(photo_shards,
                 assert (x - y).abs().median() < 0.1
             else:
                 assert (x - y).abs().median() < 0.1 and (x - y).abs().mean() < 0.15
+
+
+@pytest.mark.parametrize(
+    "recipe",
+    [*PATCH_RECIPES, ContextPrediction(colour="project"), Jigsaw(dtype="uint8")],
+    ids=lambda r: f"{r.name}-{getattr(r, 'colour', '')}-{r.dtype}",
+)
+def test_numba_and_torch_engines_give_the_same_tiles(recipe):
+    from fastssl.pipelines.patch_views import PatchViews
+
+    n = 8
+    rng = np.random.default_rng(3)
+    base = torch.from_numpy(rng.integers(0, 256, (n, 3, recipe.size, recipe.size), dtype=np.uint8))
+    base[0] = 90  # a flat image: std floored
+    gray = np.arange(n) % 2 == 0  # grayscale-drawn samples take the luma path
+    valid = np.ones(n, bool)
+    patch = sample_patch_params(recipe, seed=0, epoch=0, sample_ids=np.arange(n), gray=gray, valid=valid)
+    by_numba, targets_n, plan_n = PatchViews(recipe, "cpu", engine="numba")(base, patch)
+    by_torch, targets_t, plan_t = PatchViews(recipe, "cpu", engine="torch")(base, patch)
+    for a, b in zip(by_numba, by_torch, strict=True):
+        assert a.shape == b.shape and a.dtype == b.dtype
+        if a.dtype == torch.uint8:
+            assert (a.int() - b.int()).abs().max() <= 1  # luma rounding in float32 vs float64
+        else:
+            torch.testing.assert_close(a, b, atol=2e-4, rtol=1e-4)
+    assert targets_n.keys() == targets_t.keys()
+
+
+def test_a_sample_found_undecodable_lends_no_tile_and_both_backends_agree(photo_shards):
+    from fastssl.data.manifest import Manifest
+    from fastssl.data.plan import EpochPlan
+    from fastssl.feed import BatchReader
+
+    manifest = Manifest.load(photo_shards)
+    plan = EpochPlan(manifest, epoch=0, seed=0, batch_size=12, world_size=1, rank=0)
+    recipe = JigsawPP(max_replaced=8)  # many foreign tiles, so every sample is a likely donor
+    kornia_like = BatchReader(manifest, plan, recipe, on_error="skip")
+    batch = kornia_like(0)
+    bad = int(np.flatnonzero(batch.patch["donor"] >= 0)[0])  # a sample that lends a tile
+    lender = int(batch.patch["donor"][bad][batch.patch["replaced"][bad]][0])
+    batch.valid[lender] = False  # as decode_views marks a sample it cannot decode
+    kornia_like.draw_patches(batch)
+    assert not np.any(batch.patch["donor"] == lender)
+    dali_like = BatchReader(manifest, plan, recipe, on_error="skip")  # knows it at read time
+    dali_like.substitute.add((batch.shards[lender], batch.keys[lender]))
+    again = dali_like(0)
+    for name, value in batch.patch.items():
+        np.testing.assert_array_equal(value, again.patch[name], err_msg=name)
 
 
 def test_resume_continues_the_same_tiles(photo_shards, backend):

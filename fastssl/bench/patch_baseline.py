@@ -19,10 +19,10 @@ from fastssl.recipes.patches import NEIGHBOURS, ContextPrediction, Jigsaw, Jigsa
 
 
 def _normalise(tile: np.ndarray) -> torch.Tensor:
-    """(h, w, 3) uint8 -> (3, h, w) float, each channel to mean 0 and std 1."""
+    """(h, w, 3) pixels -> (3, h, w) float, each channel to mean 0 and std 1."""
     x = torch.from_numpy(tile.astype(np.float32)).permute(2, 0, 1)
     mean = x.mean(dim=(1, 2), keepdim=True)
-    std = x.std(dim=(1, 2), keepdim=True).clamp_min(1.0)
+    std = x.std(dim=(1, 2), correction=0, keepdim=True).clamp_min(1.0)
     return (x - mean) / std
 
 
@@ -86,8 +86,12 @@ class PilPatchDataset(_Samples):
             return [torch.stack([_normalise(t) for t in tiles]), torch.tensor(perm_index)]
         if isinstance(recipe, ContextPrediction):
             label = random.randrange(8)
-            pair = [_normalise(self.tile(pixels, cell, gray)) for cell in (4, NEIGHBOURS[label])]
-            for patch in pair:
+            pair = [self.tile(pixels, cell, gray).astype(np.float32) for cell in (4, NEIGHBOURS[label])]
+            if recipe.colour == "project":
+                axis = np.array([-1.0, 2.0, -1.0], dtype=np.float32)
+                pair = [p - (p @ axis)[..., None] * axis / 6.0 for p in pair]
+            pair = [_normalise(p) for p in pair]
+            for patch in pair if recipe.colour == "drop" else ():
                 keep = random.randrange(3)
                 for c in range(3):
                     if c != keep:

@@ -34,7 +34,8 @@ class PatchSpec:
     [gap // 2, gap // 2 + jitter] with jitter = stride - tile - gap, so tiles of neighbouring cells
     are always at least `gap` pixels apart. When `stride` < `tile` the tiles overlap (a CPC grid):
     fixed positions, `gap` must be 0. The grid is centred in the view. `channel_shift` moves each
-    colour channel of a tile by up to that many pixels, independently (0: none).
+    colour channel of a tile by up to that many pixels, independently (0: none), so one channel of
+    a tile can come up to 2 * channel_shift pixels closer to a neighbouring tile than `gap`.
     """
 
     grid: tuple[int, int] = (3, 3)
@@ -153,7 +154,8 @@ class Jigsaw(PatchRecipe):
     minimum Hamming distance. Batches carry `views` = [tiles (B, 9, C, 64, 64)], where position p
     holds cell `perm[p]`, and `perm_index` (B,), the class to predict.
 
-    `permutations`: a `.npy` or text file of a published set (0- or 1-based) instead of computing one.
+    `permutations`: a `.npy` or text file of a published set (0- or 1-based) instead of computing
+    one; `n_permutations` must then be its number of rows (the class count the model predicts).
     """
 
     name: ClassVar[str] = "jigsaw"
@@ -171,6 +173,10 @@ class Jigsaw(PatchRecipe):
         if table.shape[1] != self.patches().cells:
             raise ValueError(
                 f"the permutation set orders {table.shape[1]} tiles, the grid has {self.patches().cells}"
+            )
+        if len(table) != self.n_permutations:  # perm_index is drawn in 0..n_permutations-1
+            raise ValueError(
+                f"{self.permutations} holds {len(table)} permutations; pass n_permutations={len(table)}"
             )
 
     def permutation_table(self) -> np.ndarray:
