@@ -177,6 +177,77 @@ def _add_perms(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, required=True, help="output .npy file")
 
 
+def _add_pretrain(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "pretrain",
+        help="pretrain a backbone (SimCLR, MoCo v2/v3, BYOL, RotNet, Jigsaw); torchrun for several ranks",
+        description=(
+            "Pretrain on DATA (a shard folder or manifest) and write RUN/: checkpoint.pt (atomic; "
+            "--resume continues it exactly), config.json, metrics.jsonl, loss.png. Under "
+            "`torchrun --nproc-per-node N fastssl pretrain ...` each rank reads its share."
+        ),
+    )
+    p.add_argument("data", help="shard folder or manifest.json")
+    p.add_argument("--out", type=Path, required=True, help="run folder")
+    p.add_argument("--method", default="simclr", help="simclr, mocov2, mocov3, byol, rotnet, jigsaw (simclr)")
+    p.add_argument("--backbone", default="resnet18", help="resnet18, resnet50, small_cnn (resnet18)")
+    p.add_argument("--width", type=_positive, default=32, help="small_cnn width (32)")
+    p.add_argument("--epochs", type=_positive, default=1)
+    p.add_argument("--batch-size", type=_positive, default=256, help="per rank (256)")
+    p.add_argument("--size", type=_positive, default=224, help="view size (224)")
+    p.add_argument("--lr", type=float, default=0.05)
+    p.add_argument("--optimizer", choices=("sgd", "lars"), default="sgd")
+    p.add_argument("--weight-decay", type=float, default=1e-4)
+    p.add_argument("--warmup-epochs", type=float, default=0.0)
+    p.add_argument("--backend", choices=("auto", "dali", "kornia"), default="auto")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda (auto)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--workers", type=_positive, default=None, help="loader threads / processes per rank")
+    p.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto", help="auto: bf16 on GPU")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model")
+    p.add_argument("--checkpoint-every", type=int, default=0, help="steps between checkpoints (0: per epoch)")
+    p.add_argument("--log-every", type=_positive, default=10, help="steps between metrics lines (10)")
+    p.add_argument("--resume", action="store_true", help="continue RUN/checkpoint.pt")
+    p.add_argument("--log-keys", action="store_true", help="write each step's sample keys (keys-rankR.jsonl)")
+    p.add_argument("--max-steps", type=_positive, default=None, help="stop after this many steps")
+    p.add_argument("--queue-size", type=_positive, default=None, help="mocov2 queue (65536)")
+    p.add_argument("--temperature", type=float, default=None, help="contrastive temperature (method's)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _add_eval(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "eval",
+        help="kNN / linear-probe accuracy of a run's backbone on labelled shards",
+        description=(
+            "Extract frozen features of RUN's backbone on --data (one centre view per image) and "
+            "report weighted kNN (cosine, k=200, T=0.1) and/or linear-probe accuracy, trained on "
+            "--data and tested on --test-data (default: a fixed 20%% of --data split by key)."
+        ),
+    )
+    p.add_argument("run", type=Path, help="run folder of `fastssl pretrain`")
+    p.add_argument("--data", required=True, help="labelled shard folder or manifest.json")
+    p.add_argument("--test-data", default=None, help="labelled test shards (default: split --data)")
+    p.add_argument("--probe", choices=("knn", "linear", "both"), default="both")
+    p.add_argument("--size", type=_positive, default=None, help="view size (the run's)")
+    p.add_argument("--random-init", action="store_true", help="also evaluate the same backbone untrained")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--backend", choices=("auto", "dali", "kornia"), default="auto")
+    p.add_argument("--json", type=Path, default=None, help="write the results here")
+
+
+def _add_fashion_mnist(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "fashion-mnist",
+        help="write Fashion-MNIST (Debian's dataset-fashion-mnist) as labelled train/test shards",
+        description="Write OUT/train and OUT/test shard folders from /usr/share/datasets/fashion-mnist.",
+    )
+    p.add_argument("out", type=Path, help="output folder")
+    p.add_argument("--train-limit", type=_positive, default=None, help="first N training images (all)")
+    p.add_argument("--test-limit", type=_positive, default=None, help="first N test images (all)")
+    p.add_argument("--workers", type=_positive, default=None, help="sharding processes (all cores)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fastssl",
@@ -190,6 +261,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_demo(sub)
     _add_bench(sub)
     _add_perms(sub)
+    _add_pretrain(sub)
+    _add_eval(sub)
+    _add_fashion_mnist(sub)
     return parser
 
 
@@ -212,6 +286,9 @@ def main(argv: list[str] | None = None) -> int:
         "demo": commands.run_demo,
         "bench": commands.run_bench,
         "perms": commands.run_perms,
+        "pretrain": commands.run_pretrain,
+        "eval": commands.run_eval,
+        "fashion-mnist": commands.run_fashion_mnist,
     }[args.command]
     return handler(args)
 

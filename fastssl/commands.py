@@ -224,3 +224,101 @@ def run_perms(args: argparse.Namespace) -> int:
     )
     print(f"wrote {path} (0-based)")
     return EXIT_OK
+
+
+def run_pretrain(args: argparse.Namespace) -> int:
+    """`fastssl pretrain`: build the config from the arguments and run it."""
+    from fastssl.train import PretrainConfig, pretrain
+
+    options = {}
+    if args.queue_size is not None:
+        options["queue_size"] = args.queue_size
+    if args.temperature is not None:
+        options["temperature"] = args.temperature
+    config = PretrainConfig(
+        data=str(args.data),
+        out=str(args.out),
+        method=args.method,
+        backbone=args.backbone,
+        width=args.width,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        size=args.size,
+        lr=args.lr,
+        optimizer=args.optimizer,
+        weight_decay=args.weight_decay,
+        warmup_epochs=args.warmup_epochs,
+        backend=args.backend,
+        device=args.device,
+        seed=args.seed,
+        num_threads=args.workers,
+        precision=args.precision,
+        compile=args.compile,
+        checkpoint_every=args.checkpoint_every,
+        log_every=args.log_every,
+        resume=args.resume,
+        log_keys=args.log_keys,
+        max_steps=args.max_steps,
+        progress=not args.quiet,
+        method_options=options,
+    )
+    try:
+        summary = pretrain(config)
+    except (ValueError, DataError) as err:
+        _err(str(err))
+        return EXIT_USAGE if isinstance(err, ValueError) else EXIT_FAILED
+    print(
+        f"{config.method}: {summary['steps']} steps, last loss {summary['loss']:.4f}; "
+        f"checkpoint {summary['checkpoint']}"
+        + (f", loss curve {summary['loss_plot']}" if summary["loss_plot"] else "")
+    )
+    return EXIT_OK
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    """`fastssl eval`: probe a run's backbone (and, on request, the same backbone untrained)."""
+    from fastssl.train import build_backbone, evaluate, load_backbone
+    from fastssl.train.evaluate import write_json
+
+    try:
+        backbone, config = load_backbone(args.run)
+    except FileNotFoundError as err:
+        _err(f"{args.run}: no checkpoint ({err})")
+        return EXIT_USAGE
+    probes = ("knn", "linear") if args.probe == "both" else (args.probe,)
+    size = args.size or config["size"]
+    common = dict(
+        size=size, test_data=args.test_data, probes=probes, device=args.device, backend=args.backend
+    )
+    result = {"run": str(args.run), "method": config["method"], "backbone": config["backbone"]}
+    result["trained"] = evaluate(backbone, args.data, **common)
+    if args.random_init:
+        import torch
+
+        torch.manual_seed(config["seed"])
+        untrained, _ = build_backbone(config["backbone"], width=config["width"])
+        result["random_init"] = evaluate(untrained, args.data, **common)
+    for name in ("trained", "random_init"):
+        if name in result:
+            scores = ", ".join(f"{p} {result[name][p]:.4f}" for p in probes)
+            counts = f"{result[name]['train_samples']} train / {result[name]['test_samples']} test"
+            print(f"{name:<12} {scores}  ({counts})")
+    if args.json:
+        write_json(args.json, result)
+        print(f"wrote {args.json}")
+    return EXIT_OK
+
+
+def run_fashion_mnist(args: argparse.Namespace) -> int:
+    """`fastssl fashion-mnist`: the Debian package's IDX files to labelled shards."""
+    from fastssl.data.fashion_mnist import write_fashion_mnist
+
+    limit = {k: v for k, v in (("train", args.train_limit), ("test", args.test_limit)) if v}
+    try:
+        written = write_fashion_mnist(args.out, limit=limit, workers=args.workers, progress=True)
+    except FileNotFoundError as err:
+        _err(str(err))
+        return EXIT_FAILED
+    for split, path in written.items():
+        print(f"{split}: {path}")
+    return EXIT_OK

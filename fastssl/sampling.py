@@ -91,11 +91,15 @@ def _random_resized_crop(
 def _resize_then_random_crop(
     spec: ViewSpec, u: np.ndarray, heights: np.ndarray, widths: np.ndarray
 ) -> np.ndarray:
-    """Resize(shorter side = spec.resize) then RandomCrop(spec.size), as a box in source pixels."""
+    """Resize(shorter side = spec.resize) then RandomCrop(spec.size) (CenterCrop for "resize_center"),
+    as a box in source pixels."""
     side = np.rint(spec.size * np.minimum(heights, widths) / spec.resize).astype(np.int64)
     side = np.clip(side, 1, np.minimum(heights, widths))
-    top = np.floor(u[:, 0] * (heights - side + 1)).astype(np.int64)
-    left = np.floor(u[:, 1] * (widths - side + 1)).astype(np.int64)
+    if spec.crop == "resize_center":
+        top, left = (heights - side) // 2, (widths - side) // 2
+    else:
+        top = np.floor(u[:, 0] * (heights - side + 1)).astype(np.int64)
+        left = np.floor(u[:, 1] * (widths - side + 1)).astype(np.int64)
     return np.stack([top, left, side, side], axis=1).astype(np.int32)
 
 

@@ -21,6 +21,7 @@ from fastssl.recipes.views import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     SHAREABLE,
+    Center,
     Crop,
     MoCoV2,
     MultiCrop,
@@ -33,12 +34,24 @@ from fastssl.recipes.views import (
 
 RECIPES: dict[str, type[Recipe]] = {
     r.name: r
-    for r in (SimCLR, MoCoV2, BYOL, MultiCrop, Rotation, Crop, Jigsaw, JigsawPP, ContextPrediction, PatchGrid)
+    for r in (
+        SimCLR,
+        MoCoV2,
+        BYOL,
+        MultiCrop,
+        Rotation,
+        Crop,
+        Center,
+        Jigsaw,
+        JigsawPP,
+        ContextPrediction,
+        PatchGrid,
+    )
 }
 
 __all__ = [
-    "BYOL", "DTYPES", "IMAGENET_MEAN", "IMAGENET_STD", "RECIPES", "SHAREABLE", "ContextPrediction", "Crop",
-    "Jigsaw", "JigsawPP", "MoCoV2", "MultiCrop", "PatchGrid", "PatchRecipe", "PatchSpec", "Recipe",
+    "BYOL", "DTYPES", "IMAGENET_MEAN", "IMAGENET_STD", "RECIPES", "SHAREABLE", "Center", "ContextPrediction",
+    "Crop", "Jigsaw", "JigsawPP", "MoCoV2", "MultiCrop", "PatchGrid", "PatchRecipe", "PatchSpec", "Recipe",
     "Rotation", "SimCLR", "TwoViewRecipe", "ViewSpec", "get_recipe",
 ]  # fmt: skip
 

@@ -38,8 +38,8 @@ class ViewSpec:
     size: int = 224
     scale: tuple[float, float] = (0.08, 1.0)
     ratio: tuple[float, float] = (3 / 4, 4 / 3)
-    crop: Literal["random_resized", "resize_random"] = "random_resized"
-    resize: int = 256  # "resize_random" only: shorter side resized to this, then a random `size` crop
+    crop: Literal["random_resized", "resize_random", "resize_center"] = "random_resized"
+    resize: int = 256  # "resize_*" only: shorter side resized to this, then a random / centre `size` crop
     p_flip: float = 0.5
     jitter: tuple[float, float, float, float] = (0.0, 0.0, 0.0, 0.0)
     p_jitter: float = 0.0
@@ -54,9 +54,11 @@ class ViewSpec:
         _check_positive_int("size", self.size)
         _check_range("scale", self.scale, low=0.0, high=1.0, open_low=True)
         _check_range("ratio", self.ratio, low=0.0, high=float("inf"), open_low=True)
-        if self.crop not in ("random_resized", "resize_random"):
-            raise ValueError(f"crop must be 'random_resized' or 'resize_random', got {self.crop!r}")
-        if self.crop == "resize_random" and self.resize < self.size:
+        if self.crop not in ("random_resized", "resize_random", "resize_center"):
+            raise ValueError(
+                f"crop must be 'random_resized', 'resize_random' or 'resize_center', got {self.crop!r}"
+            )
+        if self.crop != "random_resized" and self.resize < self.size:
             raise ValueError(f"resize ({self.resize}) must be at least size ({self.size})")
         for name in ("p_flip", "p_jitter", "p_gray", "p_blur", "p_solarize", "solarize_threshold"):
             _check_probability(name, getattr(self, name))
@@ -248,6 +250,19 @@ class Rotation(Recipe):
     def views(self) -> tuple[ViewSpec, ...]:
         spec = self._view(crop="resize_random")
         return tuple(dataclasses.replace(spec, rotation=k) for k in range(4))
+
+
+@dataclass(frozen=True)
+class Center(Recipe):
+    """One deterministic view for evaluation: shorter side resized to `resize`, the centre `size`
+    crop, no flip (the standard ImageNet evaluation transform, 256 -> 224)."""
+
+    name: ClassVar[str] = "center"
+    size: int = 224
+    resize: int = 256
+
+    def views(self) -> tuple[ViewSpec, ...]:
+        return (self._view(crop="resize_center", p_flip=0.0),)
 
 
 @dataclass(frozen=True)

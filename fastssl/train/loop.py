@@ -1,0 +1,314 @@
+"""The pretraining loop: one process, or one per rank under torchrun (gloo on CPU, nccl on GPU).
+
+It wires SSLLoader, a method, an optimiser with warm-up and cosine decay, mixed precision on GPU,
+metrics, atomic checkpoints and exact resumption (model, momentum encoders and queue, optimiser,
+schedule, every rank's loader position, RNG states), and holds no method logic.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from fastssl.loader import SSLLoader
+from fastssl.train.backbones import build_backbone
+from fastssl.train.checkpoint import load_checkpoint, save_checkpoint
+from fastssl.train.distributed import world
+from fastssl.train.methods import METHODS, Method
+from fastssl.train.optim import build_optimizer, warmup_cosine
+
+CHECKPOINT = "checkpoint.pt"
+
+
+@dataclass
+class PretrainConfig:
+    """Everything a run is made of; saved in the checkpoint and in RUN/config.json."""
+
+    data: str
+    out: str
+    method: str = "simclr"
+    backbone: str = "resnet18"
+    width: int = 32  # small_cnn only
+    epochs: int = 1
+    batch_size: int = 256  # per rank
+    size: int = 224
+    lr: float = 0.05
+    optimizer: str = "sgd"
+    weight_decay: float = 1e-4
+    warmup_epochs: float = 0.0
+    backend: str = "auto"
+    device: str = "auto"
+    seed: int = 0
+    num_threads: int | None = None
+    precision: str = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
+    channels_last: bool | None = None  # default: on CUDA
+    compile: bool = False
+    checkpoint_every: int = 0  # steps; 0: at the end of each epoch only
+    log_every: int = 10
+    resume: bool = False
+    log_keys: bool = False
+    max_steps: int | None = None
+    progress: bool = True
+    method_options: dict[str, Any] = field(default_factory=dict)
+    recipe_options: dict[str, Any] = field(default_factory=dict)  # changes to the method's views
+
+
+def build_method(config: PretrainConfig) -> Method:
+    """The configured method around the configured backbone."""
+    if config.method not in METHODS:
+        raise ValueError(f"unknown method {config.method!r}; known: {', '.join(METHODS)}")
+    torch.manual_seed(config.seed)  # the same initial weights on every rank and on resume
+    backbone, dim = build_backbone(config.backbone, width=config.width)
+    import inspect
+
+    accepted = inspect.signature(METHODS[config.method].__init__).parameters
+    unknown = sorted(set(config.method_options) - set(accepted) - {"self", "backbone", "feature_dim"})
+    if unknown:
+        raise ValueError(f"method {config.method!r} takes no option {', '.join(unknown)}")
+    return METHODS[config.method](backbone, dim, **config.method_options)
+
+
+def _init_distributed() -> None:
+    if int(os.environ.get("WORLD_SIZE", 1)) > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+
+
+def _device(name: str) -> torch.device:
+    if name != "auto":
+        return torch.device(name)
+    if torch.cuda.is_available():
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        torch.cuda.set_device(device)
+        return device
+    return torch.device("cpu")
+
+
+def _rng_state() -> dict[str, Any]:
+    """Every generator's state in types `torch.load(weights_only=True)` accepts."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    numpy_state = (torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached))
+    state = {"torch": torch.get_rng_state(), "numpy": numpy_state, "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"].cpu())
+    keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state(("MT19937", keys.cpu().numpy().astype(np.uint32), pos, has_gauss, cached))
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class _Metrics:
+    """RUN/metrics.jsonl (one object per logged step) and TensorBoard when it imports; rank 0."""
+
+    def __init__(self, out: Path, enabled: bool) -> None:
+        self.enabled = enabled
+        self.path = out / "metrics.jsonl"
+        self.board = None
+        if enabled:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.board = SummaryWriter(str(out / "tensorboard"))
+            except Exception:  # noqa: BLE001 - tensorboard is optional
+                self.board = None
+
+    def log(self, record: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        if self.board is not None:
+            for name in ("loss", "lr", "images_per_s", "loader_wait"):
+                self.board.add_scalar(name, record[name], record["step"])
+
+    def close(self) -> None:
+        if self.board is not None:
+            self.board.close()
+
+
+def _plot_loss(out: Path) -> Path | None:
+    """RUN/loss.png from metrics.jsonl (matplotlib, when it imports)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    path = out / "metrics.jsonl"
+    records = [json.loads(line) for line in path.read_text().splitlines() if line] if path.exists() else []
+    if not records:
+        return None
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot([r["step"] for r in records], [r["loss"] for r in records])
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.set_title(f"{records[0].get('method', '')} pretraining loss")
+    fig.tight_layout()
+    fig.savefig(out / "loss.png", dpi=100)
+    plt.close(fig)
+    return out / "loss.png"
+
+
+def pretrain(config: PretrainConfig) -> dict[str, Any]:
+    """Run (or resume) a pretraining run; returns a summary (steps, last loss, rates, paths)."""
+    _init_distributed()
+    rank, size = world()
+    device = _device(config.device)
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    method = build_method(config)
+    recipe = method.default_recipe(config.size)
+    if config.recipe_options:
+        recipe = recipe.replace(
+            **{k: tuple(v) if isinstance(v, list) else v for k, v in config.recipe_options.items()}
+        )
+    loader = SSLLoader(
+        config.data,
+        recipe,
+        config.batch_size,
+        backend=config.backend,
+        device=device,
+        seed=config.seed,
+        num_threads=config.num_threads,
+    )
+    cuda = device.type == "cuda"
+    channels_last = cuda if config.channels_last is None else config.channels_last
+    method.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    model: nn.Module = nn.parallel.DistributedDataParallel(method) if size > 1 else method
+    if config.compile:
+        model = torch.compile(model)
+    optimizer = build_optimizer(method, config.optimizer, config.lr, config.weight_decay)
+    steps_per_epoch = len(loader)
+    total = config.epochs * steps_per_epoch
+    warmup = int(config.warmup_epochs * steps_per_epoch)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: warmup_cosine(s, total, warmup))
+    step = 0
+    checkpoint_path = out / CHECKPOINT
+    if config.resume and checkpoint_path.exists():
+        state = load_checkpoint(checkpoint_path, map_location=device)
+        method.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        loader.load_state_dict(state["loaders"][rank])
+        _set_rng_state(state["rng"][rank])
+        step = state["step"]
+    elif rank == 0:
+        (out / "config.json").write_text(json.dumps(dataclasses.asdict(config), indent=2) + "\n")
+        (out / "metrics.jsonl").unlink(missing_ok=True)
+    precision = config.precision if config.precision != "auto" else ("bf16" if cuda else "fp32")
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+    metrics = _Metrics(out, rank == 0)
+    keys_file = open(out / f"keys-rank{rank}.jsonl", "a") if config.log_keys else None  # noqa: SIM115
+    bar = None
+    if config.progress and rank == 0:
+        from tqdm import tqdm
+
+        bar = tqdm(total=total, initial=step, unit="step", desc=config.method)
+
+    def save() -> None:
+        loaders = [None] * size
+        rngs = [None] * size
+        if size > 1:
+            dist.all_gather_object(loaders, loader.state_dict())
+            dist.all_gather_object(rngs, _rng_state())
+        else:
+            loaders, rngs = [loader.state_dict()], [_rng_state()]
+        if rank == 0:
+            state = {
+                "model": method.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "loaders": loaders,
+                "rng": rngs,
+                "step": step,
+                "config": dataclasses.asdict(config),
+            }
+            save_checkpoint(checkpoint_path, state)
+
+    images = waited = 0.0
+    window_start = last = time.perf_counter()
+    loss_value = float("nan")
+    stop = False
+    try:
+        while loader.epoch < config.epochs and not stop:
+            epoch = loader.epoch
+            model.train()
+            for batch in loader:
+                now = time.perf_counter()
+                waited += now - last
+                with autocast:
+                    loss = model(batch)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                scheduler.step()
+                method.on_step(step, total)
+                step += 1
+                loss_value = float(loss.detach())
+                images += float(batch["valid"].sum()) * size
+                if keys_file is not None:
+                    keys_file.write(json.dumps({"step": step, "epoch": epoch, "keys": batch["key"]}) + "\n")
+                    keys_file.flush()
+                last = time.perf_counter()
+                last_step = step == total or (config.max_steps is not None and step >= config.max_steps)
+                if step % config.log_every == 0 or last_step:
+                    span = last - window_start
+                    metrics.log(
+                        {
+                            "method": config.method,
+                            "epoch": epoch,
+                            "step": step,
+                            "loss": loss_value,
+                            "lr": scheduler.get_last_lr()[0],
+                            "images_per_s": images / span,
+                            "loader_wait": waited / span,
+                        }
+                    )
+                    images = waited = 0.0
+                    window_start = last
+                if bar is not None:
+                    bar.update()
+                    bar.set_postfix(loss=f"{loss_value:.3f}")
+                if config.checkpoint_every and step % config.checkpoint_every == 0:
+                    save()
+                if config.max_steps is not None and step >= config.max_steps:
+                    save()
+                    stop = True
+                    break
+            if not stop:
+                save()  # the end of an epoch
+    except KeyboardInterrupt:
+        save()  # Ctrl-C leaves a valid checkpoint at the last completed step
+        raise
+    finally:
+        if bar is not None:
+            bar.close()
+        if keys_file is not None:
+            keys_file.close()
+        metrics.close()
+        loader.close()
+    plot = _plot_loss(out) if rank == 0 else None
+    return {
+        "steps": step,
+        "loss": loss_value,
+        "checkpoint": str(checkpoint_path),
+        "loss_plot": str(plot) if plot else None,
+        "recipe": recipe.name,
+    }

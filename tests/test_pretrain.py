@@ -1,0 +1,127 @@
+"""`fastssl pretrain` and `fastssl eval`: every method trains, two-rank torchrun runs of SimCLR and MoCo
+on CPU, exact resumption after SIGKILL, and the evaluation command."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from fastssl.cli import main
+from fastssl.data.demo import build_demo_corpus
+from fastssl.data.writer import write_shards
+from fastssl.train import METHODS, PretrainConfig, pretrain
+from fastssl.train.checkpoint import load_checkpoint
+
+SMALL = ["--backbone", "small_cnn", "--width", "8", "--size", "32", "--batch-size", "16", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("pretrain")
+    build_demo_corpus(root / "corpus", num_images=96, seed=2)
+    write_shards(root / "corpus", root / "shards", shard_size=32, workers=1, progress=False)
+    return root / "shards"
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_every_method_trains_and_writes_its_run(shards, tmp_path, method):
+    options = {"queue_size": 64} if method == "mocov2" else {}
+    config = PretrainConfig(
+        data=str(shards), out=str(tmp_path / method), method=method, backbone="small_cnn", width=8,
+        size=32, batch_size=16, max_steps=3, log_every=1, num_threads=1, progress=False,
+        method_options=options,
+    )  # fmt: skip
+    summary = pretrain(config)
+    assert summary["steps"] == 3 and torch.isfinite(torch.tensor(summary["loss"]))
+    state = load_checkpoint(tmp_path / method / "checkpoint.pt")
+    assert state["step"] == 3 and state["config"]["method"] == method and len(state["loaders"]) == 1
+    records = [json.loads(line) for line in (tmp_path / method / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [1, 2, 3]
+    assert set(records[0]) >= {"epoch", "step", "loss", "lr", "images_per_s", "loader_wait"}
+    assert all(0 <= r["loader_wait"] <= 1 for r in records)
+    assert (tmp_path / method / "loss.png").stat().st_size > 0
+
+
+@pytest.mark.parametrize("method", ["simclr", "mocov2"])
+def test_two_rank_torchrun_runs_on_cpu(shards, tmp_path, method):
+    run = tmp_path / method
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+        "-m", "fastssl.cli", "pretrain", str(shards), "--out", str(run), "--method", method,
+        "--epochs", "1", "--log-keys", "--workers", "1", *SMALL,
+    ] + (["--queue-size", "64"] if method == "mocov2" else [])  # fmt: skip
+    done = subprocess.run(command, env=_env(), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    state = load_checkpoint(run / "checkpoint.pt")
+    assert [s["plan"]["rank"] for s in state["loaders"]] == [0, 1]
+    keys = []
+    for rank in (0, 1):
+        for line in (run / f"keys-rank{rank}.jsonl").read_text().splitlines():
+            keys += json.loads(line)["keys"]
+    assert len(set(keys)) == 96  # every sample trained on in the epoch, across the two ranks
+
+
+def _keys_by_step(run: Path) -> dict[int, list[str]]:
+    steps = {}
+    for line in (run / "keys-rank0.jsonl").read_text().splitlines():
+        record = json.loads(line)
+        steps[record["step"]] = record["keys"]  # a resumed run rewrites the steps after its checkpoint
+    return steps
+
+
+def test_sigkill_mid_epoch_then_resume_continues_the_same_stream(shards, tmp_path):
+    base = [sys.executable, "-m", "fastssl.cli", "pretrain", str(shards), "--method", "simclr",
+            "--epochs", "2", "--log-keys", "--checkpoint-every", "2", "--workers", "1", *SMALL]  # fmt: skip
+    whole = tmp_path / "whole"
+    assert subprocess.run([*base, "--out", str(whole)], env=_env(), timeout=300).returncode == 0
+    broken = tmp_path / "broken"
+    process = subprocess.Popen([*base, "--out", str(broken)], env=_env())
+    keys = broken / "keys-rank0.jsonl"
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and process.poll() is None:
+        if keys.exists() and len(keys.read_text().splitlines()) >= 5:  # mid first epoch (6 steps)
+            break
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait(timeout=30)
+    assert process.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+    killed_at = load_checkpoint(broken / "checkpoint.pt")["step"]
+    assert killed_at < 12
+    assert not list(broken.glob(".checkpoint.pt.tmp*"))
+    assert subprocess.run([*base, "--out", str(broken), "--resume"], env=_env(), timeout=300).returncode == 0
+    expected, got = _keys_by_step(whole), _keys_by_step(broken)
+    assert sorted(expected) == sorted(got) == list(range(1, 13))
+    assert all(got[s] == expected[s] for s in range(killed_at + 1, 13)), "resumed stream differs"
+    final_whole = load_checkpoint(whole / "checkpoint.pt")["model"]
+    final_resumed = load_checkpoint(broken / "checkpoint.pt")["model"]
+    for name, value in final_whole.items():
+        torch.testing.assert_close(final_resumed[name], value, msg=name)
+
+
+def test_eval_command_reports_knn_and_linear_against_random_init(shards, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert (
+        main(["pretrain", str(shards), "--out", str(run), "--max-steps", "2", "--workers", "1", *SMALL]) == 0
+    )
+    out = tmp_path / "eval.json"
+    assert main(["eval", str(run), "--data", str(shards), "--random-init", "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    for name in ("trained", "random_init"):
+        assert 0 <= result[name]["knn"] <= 1 and 0 <= result[name]["linear"] <= 1
+        assert result[name]["train_samples"] + result[name]["test_samples"] == 96
+    assert "random_init" in capsys.readouterr().out
+    assert main(["eval", str(tmp_path / "nothing"), "--data", str(shards)]) == 2
+    assert main(["pretrain", str(shards), "--out", str(run), "--queue-size", "8", *SMALL]) == 2
+    assert "takes no option queue_size" in capsys.readouterr().err
