@@ -111,6 +111,9 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--shard-size", type=_positive, default=250, help="samples per shard (250)")
     p.add_argument("--workers", type=_positive, default=None, help="sharding processes (all cores)")
     p.add_argument("--no-bad-files", action="store_true", help="do not plant bad files")
+    p.add_argument(
+        "--pretrain-epochs", type=int, default=5, help="SimCLR epochs on the demo shards, 0 to skip (5)"
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 

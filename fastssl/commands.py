@@ -142,6 +142,7 @@ def run_demo(args: argparse.Namespace) -> int:
         workers=args.workers,
         plant_bad=not args.no_bad_files,
         progress=not args.quiet,
+        pretrain_epochs=args.pretrain_epochs,
     )
 
 
