@@ -13,6 +13,7 @@ import io
 import math
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -196,6 +197,42 @@ def undecodable(batch: HostBatch) -> list[int]:
     return bad
 
 
+class HostAhead:
+    """The host side of the next batches (bytes, header probes, parameter draws, packed inputs),
+    built on worker threads ahead of DALI's callback, in order. The callback runs on the thread
+    that calls `pipe.run()`, the training thread: building batches there serialised them with
+    the training step (ResNet-50 on an H100 ran at 0.57x its synthetic-data rate)."""
+
+    def __init__(
+        self, work: Callable[[int], Any], numbers: Sequence[int], depth: int, workers: int = 2
+    ) -> None:
+        self._work = work
+        self._numbers = iter(numbers)
+        self._pool = ThreadPoolExecutor(workers, thread_name_prefix="fastssl-host")
+        self._queue: deque[Future] = deque()
+        for _ in range(depth):
+            self._submit()
+
+    def _submit(self) -> None:
+        number = next(self._numbers, None)
+        if number is not None:
+            self._queue.append(self._pool.submit(self._work, number))
+
+    def next(self) -> Any:
+        """The next batch's result (its exception re-raised); StopIteration after the last."""
+        if not self._queue:
+            raise StopIteration
+        future = self._queue.popleft()
+        self._submit()
+        return future.result()
+
+    def close(self) -> None:
+        for future in self._queue:
+            future.cancel()
+        self._queue.clear()
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+
 class DaliBackend:
     """Runs a recipe's DALI graph over the batches of an epoch plan, in the plan's order.
 
@@ -231,30 +268,39 @@ class DaliBackend:
         self._pipe: Pipeline | None = None
         self._clean = False  # True when the graph finished an epoch and was reset
         self._pending: deque[HostBatch] = deque()
-        self._numbers: Iterator[int] = iter(())
+        self._ahead: HostAhead | None = None
         self._reader: BatchReader | None = None
         self._error: BaseException | None = None
 
+    def _host(self, number: int) -> tuple[HostBatch, tuple[list[Any], ...]]:
+        batch = self._reader(number)
+        return batch, pack_inputs(self.recipe, batch)
+
     def _source(self) -> tuple[list[Any], ...]:
-        number = next(self._numbers)  # StopIteration ends the epoch for DALI
         try:
-            batch = self._reader(number)
+            batch, packed = self._ahead.next()  # StopIteration ends the epoch for DALI
+        except StopIteration:
+            raise
         except BaseException as err:  # kept: DALI wraps errors raised in its callback
             self._error = err
             raise
         self._pending.append(batch)
-        return pack_inputs(self.recipe, batch)
+        return packed
 
     def _start(self, reader: BatchReader, numbers: Sequence[int]) -> None:
-        self._reader, self._numbers = reader, iter(list(numbers))
-        self._pending.clear()
-        self._error = None
         if self._pipe is not None and self._clean:
             self._pipe.reset()
         else:
             self.close()
             self._pipe = build_pipeline(self.recipe, self._source, **self.options)
         self._clean = False
+        if self._ahead is not None:
+            self._ahead.close()
+        self._reader = reader
+        self._pending.clear()
+        self._error = None
+        # batches are read ahead only after the graph exists: building it may call the source
+        self._ahead = HostAhead(self._host, list(numbers), depth=self.options["prefetch"] + 2)
 
     def run(
         self, reader: BatchReader, numbers: Sequence[int]
@@ -300,9 +346,12 @@ class DaliBackend:
         raise DataError(f"DALI pipeline failed on a batch of samples {keys[:8]}...: {err}") from err
 
     def close(self) -> None:
-        """Drop the graph (and its threads and buffers)."""
+        """Drop the graph (and its threads and buffers) and the host-side threads."""
         self._pipe = None
         self._clean = False
+        if self._ahead is not None:
+            self._ahead.close()
+            self._ahead = None
 
 
 def _to_torch(output: Any, device: torch.device) -> torch.Tensor:
