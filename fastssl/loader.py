@@ -294,11 +294,11 @@ class SSLLoader:
 
     # -- lifetime ------------------------------------------------------------------------------
     def close(self) -> None:
-        """Release the backend (DALI graph, worker processes) and the open shard files."""
-        self._source.close()
+        """Release the backend (DALI graph, worker processes and threads), then the shard files."""
         if self._backend is not None:
             self._backend.close()
             self._backend = None
+        self._source.close()
 
     def __enter__(self) -> SSLLoader:
         return self

@@ -199,18 +199,20 @@ def undecodable(batch: HostBatch) -> list[int]:
 
 class HostAhead:
     """The host side of the next batches (bytes, header probes, parameter draws, packed inputs),
-    built on worker threads ahead of DALI's callback, in order. The callback runs on the thread
-    that calls `pipe.run()`, the training thread: building batches there serialised them with
-    the training step (ResNet-50 on an H100 ran at 0.57x its synthetic-data rate)."""
+    built on a worker thread ahead of DALI's callback, in order (GPU graphs; inline on the CPU).
+    The callback runs on the thread that calls `pipe.run()`, the training thread: building
+    batches there serialised them with the training step (ResNet-50 on an H100 ran at 0.57x its
+    synthetic-data rate)."""
 
     def __init__(
-        self, work: Callable[[int], Any], numbers: Sequence[int], depth: int, workers: int = 2
+        self, work: Callable[[int], Any], numbers: Sequence[int], depth: int, threaded: bool
     ) -> None:
         self._work = work
         self._numbers = iter(numbers)
-        self._pool = ThreadPoolExecutor(workers, thread_name_prefix="fastssl-host")
+        # one thread: the reader's ByteSource (its cache of open shard files) is not thread-safe
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="fastssl-host") if threaded else None
         self._queue: deque[Future] = deque()
-        for _ in range(depth):
+        for _ in range(depth if threaded else 0):
             self._submit()
 
     def _submit(self) -> None:
@@ -220,6 +222,8 @@ class HostAhead:
 
     def next(self) -> Any:
         """The next batch's result (its exception re-raised); StopIteration after the last."""
+        if self._pool is None:
+            return self._work(next(self._numbers))
         if not self._queue:
             raise StopIteration
         future = self._queue.popleft()
@@ -227,10 +231,10 @@ class HostAhead:
         return future.result()
 
     def close(self) -> None:
-        for future in self._queue:
-            future.cancel()
+        """Cancel what has not started and wait for what has, so nothing reads after this."""
         self._queue.clear()
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
 
 
 class DaliBackend:
@@ -273,8 +277,11 @@ class DaliBackend:
         self._error: BaseException | None = None
 
     def _host(self, number: int) -> tuple[HostBatch, tuple[list[Any], ...]]:
-        batch = self._reader(number)
-        return batch, pack_inputs(self.recipe, batch)
+        try:
+            batch = self._reader(number)
+            return batch, pack_inputs(self.recipe, batch)
+        except StopIteration as err:  # would end DALI's epoch silently
+            raise RuntimeError(f"batch {number}: unexpected StopIteration") from err
 
     def _source(self) -> tuple[list[Any], ...]:
         try:
@@ -299,8 +306,12 @@ class DaliBackend:
         self._reader = reader
         self._pending.clear()
         self._error = None
-        # batches are read ahead only after the graph exists: building it may call the source
-        self._ahead = HostAhead(self._host, list(numbers), depth=self.options["prefetch"] + 2)
+        # Read ahead on a thread only for GPU graphs, where it overlaps the training step. On the
+        # CPU it gains nothing (DALI's threads have the cores), and a Python thread that may be
+        # mid-read when another loader forks its decode workers risks a deadlocked child.
+        self._ahead = HostAhead(
+            self._host, list(numbers), depth=self.options["prefetch"] + 2, threaded=self.device == "gpu"
+        )
 
     def run(
         self, reader: BatchReader, numbers: Sequence[int]

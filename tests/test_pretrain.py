@@ -125,3 +125,41 @@ def test_eval_command_reports_knn_and_linear_against_random_init(shards, tmp_pat
     assert main(["eval", str(tmp_path / "nothing"), "--data", str(shards)]) == 2
     assert main(["pretrain", str(shards), "--out", str(run), "--queue-size", "8", *SMALL]) == 2
     assert "takes no option queue_size" in capsys.readouterr().err
+
+
+def test_ctrl_c_stops_at_a_step_boundary_with_a_valid_checkpoint(shards, tmp_path):
+    run = tmp_path / "interrupted"
+    command = [sys.executable, "-m", "fastssl.cli", "pretrain", str(shards), "--out", str(run),
+               "--epochs", "3", "--log-keys", "--workers", "1", *SMALL]  # fmt: skip
+    process = subprocess.Popen(command, env=_env(), stderr=subprocess.PIPE, text=True)
+    keys = run / "keys-rank0.jsonl"
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and process.poll() is None:
+        if keys.exists() and len(keys.read_text().splitlines()) >= 3:
+            break
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode != 0 and "KeyboardInterrupt" in err
+    state = load_checkpoint(run / "checkpoint.pt")
+    steps_done = len(keys.read_text().splitlines())
+    assert state["step"] == steps_done >= 3  # the checkpoint is the last completed step
+    assert not list(run.glob(".checkpoint.pt.tmp*"))
+    resumed = subprocess.run(
+        [*command, "--resume", "--epochs", "2"], env=_env(), capture_output=True, text=True
+    )
+    assert resumed.returncode == 2 and "epochs 3 -> 2" in resumed.stderr
+
+
+def test_moco_queue_takes_the_newest_keys_when_a_batch_outgrows_it():
+    from fastssl.train.backbones import build_backbone
+    from fastssl.train.methods import MoCoV2
+
+    backbone, dim = build_backbone("small_cnn", width=4)
+    moco = MoCoV2(backbone, dim, queue_size=8, out_dim=4)
+    keys = torch.arange(40.0).view(10, 4) + 1
+    moco._enqueue(keys, torch.ones(10, dtype=torch.bool))
+    torch.testing.assert_close(moco.queue, torch.nn.functional.normalize(keys[-8:], dim=1))
+    assert int(moco.queue_ptr) == 0
+    moco._enqueue(keys[:3], torch.tensor([True, False, True]))
+    assert int(moco.queue_ptr) == 2

@@ -79,19 +79,58 @@ def build_method(config: PretrainConfig) -> Method:
     return METHODS[config.method](backbone, dim, **config.method_options)
 
 
-def _init_distributed() -> None:
+def _init_distributed(device: torch.device) -> None:
+    """A process group under torchrun: nccl for CUDA devices, gloo for the CPU."""
     if int(os.environ.get("WORLD_SIZE", 1)) > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
 
 
 def _device(name: str) -> torch.device:
-    if name != "auto":
-        return torch.device(name)
-    if torch.cuda.is_available():
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    """The device of this rank: "auto" is CUDA when present; CUDA means this rank's local GPU."""
+    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name)
+    if device.type == "cuda":
+        if device.index is None:
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
         torch.cuda.set_device(device)
-        return device
-    return torch.device("cpu")
+    return device
+
+
+# fields a resumed run must share with its checkpoint (the schedule and the stream depend on them)
+_RESUME_FIXED = ("method", "backbone", "width", "epochs", "batch_size", "size", "lr", "optimizer", "seed")
+
+
+class _Interrupt:
+    """Ctrl-C (SIGINT) asks to stop at the next step boundary, where every rank agrees to save a
+    checkpoint of the last completed step, rather than unwinding from the middle of a step."""
+
+    def __init__(self) -> None:
+        self.asked = False
+        self._previous = None
+
+    def __enter__(self) -> _Interrupt:
+        import signal
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._ask)
+        return self
+
+    def _ask(self, signum: int, frame: object) -> None:
+        self.asked = True
+
+    def agreed(self, device: torch.device) -> bool:
+        """Whether any rank was asked (one all-reduce when there are several ranks)."""
+        if world()[1] == 1:
+            return self.asked
+        flag = torch.tensor([float(self.asked)], device=device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return bool(flag.item())
+
+    def __exit__(self, *exc: object) -> None:
+        import signal
+
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
 
 
 def _rng_state() -> dict[str, Any]:
@@ -168,9 +207,9 @@ def _plot_loss(out: Path) -> Path | None:
 
 def pretrain(config: PretrainConfig) -> dict[str, Any]:
     """Run (or resume) a pretraining run; returns a summary (steps, last loss, rates, paths)."""
-    _init_distributed()
-    rank, size = world()
     device = _device(config.device)
+    _init_distributed(device)
+    rank, size = world()
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     method = build_method(config)
@@ -191,7 +230,9 @@ def pretrain(config: PretrainConfig) -> dict[str, Any]:
     cuda = device.type == "cuda"
     channels_last = cuda if config.channels_last is None else config.channels_last
     method.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
-    model: nn.Module = nn.parallel.DistributedDataParallel(method) if size > 1 else method
+    model: nn.Module = method
+    if size > 1:  # a queue is identical on every rank already: no 32 MiB broadcast per step
+        model = nn.parallel.DistributedDataParallel(method, broadcast_buffers=not hasattr(method, "queue"))
     if config.compile:
         model = torch.compile(model)
     optimizer = build_optimizer(method, config.optimizer, config.lr, config.weight_decay)
@@ -202,13 +243,25 @@ def pretrain(config: PretrainConfig) -> dict[str, Any]:
     step = 0
     checkpoint_path = out / CHECKPOINT
     if config.resume and checkpoint_path.exists():
-        state = load_checkpoint(checkpoint_path, map_location=device)
+        state = load_checkpoint(checkpoint_path)  # on the CPU: RNG states must stay there
+        saved = state["config"]
+        differ = [
+            f"{k} {saved[k]!r} -> {getattr(config, k)!r}"
+            for k in _RESUME_FIXED
+            if saved[k] != getattr(config, k)
+        ]
+        if differ:
+            raise ValueError(f"--resume with a different setup than {checkpoint_path}: " + ", ".join(differ))
         method.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         loader.load_state_dict(state["loaders"][rank])
         _set_rng_state(state["rng"][rank])
         step = state["step"]
+        if rank == 0 and (out / "metrics.jsonl").exists():  # drop records of steps about to be redone
+            lines = (out / "metrics.jsonl").read_text().splitlines()
+            kept = [line for line in lines if line and json.loads(line)["step"] <= step]
+            (out / "metrics.jsonl").write_text("".join(line + "\n" for line in kept))
     elif rank == 0:
         (out / "config.json").write_text(json.dumps(dataclasses.asdict(config), indent=2) + "\n")
         (out / "metrics.jsonl").unlink(missing_ok=True)
@@ -245,8 +298,12 @@ def pretrain(config: PretrainConfig) -> dict[str, Any]:
     images = waited = 0.0
     window_start = last = time.perf_counter()
     loss_value = float("nan")
+    loss_sum = torch.zeros((), device=device)  # read back only at logging steps: no sync per step
+    window_steps = 0
     stop = False
+    interrupt = _Interrupt()
     try:
+        interrupt.__enter__()
         while loader.epoch < config.epochs and not stop:
             epoch = loader.epoch
             model.train()
@@ -261,14 +318,18 @@ def pretrain(config: PretrainConfig) -> dict[str, Any]:
                 scheduler.step()
                 method.on_step(step, total)
                 step += 1
-                loss_value = float(loss.detach())
-                images += float(batch["valid"].sum()) * size
+                loss_sum += loss.detach().float()
+                window_steps += 1
+                images += len(batch["key"]) * size
                 if keys_file is not None:
                     keys_file.write(json.dumps({"step": step, "epoch": epoch, "keys": batch["key"]}) + "\n")
                     keys_file.flush()
                 last = time.perf_counter()
                 last_step = step == total or (config.max_steps is not None and step >= config.max_steps)
                 if step % config.log_every == 0 or last_step:
+                    loss_value = float(loss_sum) / window_steps
+                    loss_sum.zero_()
+                    window_steps = 0
                     span = last - window_start
                     metrics.log(
                         {
@@ -285,19 +346,21 @@ def pretrain(config: PretrainConfig) -> dict[str, Any]:
                     window_start = last
                 if bar is not None:
                     bar.update()
-                    bar.set_postfix(loss=f"{loss_value:.3f}")
+                    if window_steps == 0:
+                        bar.set_postfix(loss=f"{loss_value:.3f}")
                 if config.checkpoint_every and step % config.checkpoint_every == 0:
                     save()
                 if config.max_steps is not None and step >= config.max_steps:
                     save()
                     stop = True
                     break
+                if interrupt.agreed(device):
+                    save()  # Ctrl-C: a valid checkpoint of the last completed step, on every rank
+                    raise KeyboardInterrupt
             if not stop:
                 save()  # the end of an epoch
-    except KeyboardInterrupt:
-        save()  # Ctrl-C leaves a valid checkpoint at the last completed step
-        raise
     finally:
+        interrupt.__exit__()
         if bar is not None:
             bar.close()
         if keys_file is not None:

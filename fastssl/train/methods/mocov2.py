@@ -62,8 +62,9 @@ class MoCoV2(Method):
     def _enqueue(self, keys: torch.Tensor, valid: torch.Tensor) -> None:
         keys = F.normalize(gather(keys)[gather(valid)], dim=1)
         size = len(self.queue)
+        keys = keys[-size:]  # more keys than the queue holds: the newest fill it
         index = (self.queue_ptr + torch.arange(len(keys), device=keys.device)) % size
-        self.queue[index] = keys[-size:] if len(keys) > size else keys
+        self.queue[index] = keys
         self.queue_ptr.copy_((self.queue_ptr + len(keys)) % size)
 
     def loss(self, batch: dict[str, Any]) -> torch.Tensor:
