@@ -113,7 +113,7 @@ class PatchViews:
             tiles = standardise(tiles) if recipe.tile_norm == "tile" else (tiles - self.mean) / self.std
         if isinstance(recipe, ContextPrediction) and recipe.colour == "drop" and not raw:
             tiles = self._drop_colours(tiles, patch)
-        return self._shape(tiles, patch), self._targets(patch), plan
+        return self._shape(tiles), self._targets(patch), plan
 
     def _gather(self, base: torch.Tensor, plan: dict, gray: np.ndarray, mode: str) -> torch.Tensor:
         """Tiles as "uint8" (luma rounded), "float" (pixel levels, luma unrounded) or
@@ -162,7 +162,7 @@ class PatchViews:
         noise = torch.randn(tiles.shape, generator=generator, device=tiles.device).mul_(_NOISE)
         return torch.where(dropped[..., None, None], noise.to(tiles.dtype), tiles)
 
-    def _shape(self, tiles: torch.Tensor, patch: dict[str, np.ndarray]) -> list[torch.Tensor]:
+    def _shape(self, tiles: torch.Tensor) -> list[torch.Tensor]:
         if isinstance(self.recipe, ContextPrediction):
             return [tiles[:, 0].contiguous(), tiles[:, 1].contiguous()]
         return [tiles]
