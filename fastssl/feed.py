@@ -14,30 +14,19 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
-from fastssl.data.images import DEFAULT_MAX_PIXELS, own_pixel_limit
+from fastssl.data.header import check_image, parse_label
+from fastssl.data.images import DEFAULT_MAX_PIXELS
 from fastssl.data.manifest import Manifest
 from fastssl.data.plan import EpochPlan
 from fastssl.data.source import ByteSource
-from fastssl.errors import DataError
+from fastssl.errors import DataError, DecodeError
 from fastssl.patch_sampling import sample_patch_params
 from fastssl.recipes import PatchRecipe, Recipe
 from fastssl.sampling import sample_params
 
 OnError = Literal["raise", "skip"]
-
-
-class ImageHeaderError(DataError):
-    """An image's header cannot be read, or announces more pixels than the limit allows."""
-
-
-class DecodeError(DataError):
-    """A sample's image bytes could not be decoded."""
-
-
-class LabelError(DataError):
-    """A sample's `.cls` member is not a non-negative integer."""
 
 
 def _placeholder_jpeg() -> bytes:
@@ -47,37 +36,6 @@ def _placeholder_jpeg() -> bytes:
 
 
 PLACEHOLDER = _placeholder_jpeg()  # stands in for a skipped sample so batch shapes never change
-
-
-def image_size(data: bytes, *, max_pixels: int, shard: str, key: str) -> tuple[int, int]:
-    """(height, width) from the image header, without decoding; refuses images over `max_pixels`."""
-    try:
-        # the limit below is ours, with a message naming the sample, rather than PIL's own
-        with own_pixel_limit(), Image.open(io.BytesIO(data)) as image:
-            width, height = image.size
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
-        raise ImageHeaderError(f"cannot read the image header: {err}", shard=shard, key=key) from err
-    if width < 1 or height < 1:
-        raise ImageHeaderError(f"image header gives an empty size {width}x{height}", shard=shard, key=key)
-    if width * height > max_pixels:
-        raise ImageHeaderError(
-            f"{width}x{height} = {width * height} pixels exceeds the limit of {max_pixels} "
-            "(refused before decoding)",
-            shard=shard,
-            key=key,
-        )
-    return height, width
-
-
-def parse_label(data: bytes, *, shard: str, key: str) -> int:
-    """The class index stored in a `.cls` member."""
-    try:
-        value = int(data.decode("ascii").strip())
-    except (UnicodeDecodeError, ValueError):
-        raise LabelError(f".cls member is not an integer: {data[:32]!r}", shard=shard, key=key) from None
-    if value < 0:
-        raise LabelError(f".cls member is negative: {value}", shard=shard, key=key)
-    return value
 
 
 @dataclass
@@ -144,7 +102,7 @@ class BatchReader:
                 if (shard_name, key) in self.substitute:
                     raise DecodeError("cannot decode image", shard=shard_name, key=key)
                 got = self.source.read(shard, sample, exts)
-                heights[i], widths[i] = image_size(
+                heights[i], widths[i] = check_image(
                     got.members["jpg"], max_pixels=self.max_pixels, shard=got.shard, key=got.key
                 )
                 if labels is not None:

@@ -94,7 +94,7 @@ def test_inspect_verify_finds_a_corrupted_shard(shard_dir: Path, capsys):
     assert "shard-000001.tar: checksum does not match the manifest" in printed
 
 
-def test_inspect_verify_finds_an_undecodable_image(shard_dir: Path, capsys):
+def test_inspect_verify_finds_a_jpeg_cut_off_after_its_headers(shard_dir: Path, capsys):
     manifest = Manifest.load(shard_dir)
     tar = manifest.shard_path(2)
     offset, size = build_index(tar).member(1, "jpg")
@@ -107,7 +107,10 @@ def test_inspect_verify_finds_an_undecodable_image(shard_dir: Path, capsys):
     assert main(["inspect", str(shard_dir), "--verify"]) == 1
     printed = capsys.readouterr().out
     key = build_index(tar).keys[1]
-    assert f"shard-000002.tar key {key!r}: cannot decode" in printed
+    assert (
+        f"truncated JPEG: no end-of-image marker after its scan data ({size} bytes) "
+        f"(shard 'shard-000002.tar', key {key!r})" in printed
+    )
     assert "checksum does not match" not in printed
 
 

@@ -9,13 +9,39 @@ from __future__ import annotations
 import os
 import tarfile
 from dataclasses import dataclass
-from pathlib import Path
+from functools import cached_property
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 
-from fastssl.errors import IndexMismatchError, ShardError
+from fastssl.errors import IndexMismatchError, ShardError, UnsafeMemberError
 
 INDEX_VERSION = "v1.2"
+
+
+def unsafe_name(name: str) -> str | None:
+    """Why a member name must never be read or extracted (an absolute path or a `..` part), or None."""
+    if name.startswith("/") or PurePosixPath(name).is_absolute():
+        return "an absolute path"
+    if ".." in PurePosixPath(name).parts:
+        return "a '..' path component"
+    return None
+
+
+def member_kind(info: tarfile.TarInfo) -> str:
+    """A readable name for a tar entry's type ("regular file", "symbolic link", ...)."""
+    for test, kind in (
+        (info.isreg, "regular file"),
+        (info.isdir, "directory"),
+        (info.issym, "symbolic link"),
+        (info.islnk, "hard link"),
+        (info.ischr, "character device"),
+        (info.isblk, "block device"),
+        (info.isfifo, "FIFO"),
+    ):
+        if test():
+            return kind
+    return "special entry"
 
 
 def split_member_name(name: str) -> tuple[str, str]:
@@ -41,6 +67,18 @@ class ShardIndex:
 
     def __len__(self) -> int:
         return len(self.keys)
+
+    @cached_property
+    def repeats(self) -> dict[int, int]:
+        """{sample: earlier sample with the same key}: every occurrence of a key after its first."""
+        first: dict[str, int] = {}
+        found = {}
+        for sample, key in enumerate(self.keys):
+            if key in first:
+                found[sample] = first[key]
+            else:
+                first[key] = sample
+        return found
 
     def member(self, sample: int, ext: str) -> tuple[int, int] | None:
         """(offset, size) of `ext` for sample number `sample`, or None when the sample lacks it."""
@@ -84,16 +122,32 @@ def _from_rows(rows: list[tuple[str, list[tuple[str, int, int]]]]) -> ShardIndex
 def build_index(tar_path: str | os.PathLike) -> ShardIndex:
     """Scan a tar's headers (not its data) and index its samples.
 
-    Follows `wds2idx`: only regular files count, members without a key or extension are
-    skipped, and consecutive members with the same key form one sample.
+    Follows `wds2idx`: members without a key or extension are skipped, and consecutive members
+    with the same key form one sample (a member whose extension the sample already has starts a
+    new sample with the same key, which readers then refuse as a duplicate). Unlike `wds2idx`,
+    links, device files and FIFOs, and names with an absolute path or a `..` part, are refused
+    with `UnsafeMemberError` rather than passed over: such a tar was not written as a shard.
+    Directory entries are passed over.
     """
     tar_path = Path(tar_path)
     rows: list[tuple[str, list[tuple[str, int, int]]]] = []
     try:
         with tarfile.open(tar_path, mode="r:") as tar:
             for info in tar:
-                if not info.isreg():
+                if info.isdir():
                     continue
+                if not info.isreg():
+                    raise UnsafeMemberError(
+                        f"member {info.name!r} is a {member_kind(info)}; links and device files "
+                        "are refused, never read or extracted",
+                        shard=str(tar_path),
+                    )
+                why = unsafe_name(info.name)
+                if why is not None:
+                    raise UnsafeMemberError(
+                        f"member name {info.name!r} is {why}; refused, never read or extracted",
+                        shard=str(tar_path),
+                    )
                 key, ext = split_member_name(info.name)
                 if not key or key.endswith("/") or not ext:
                     continue
@@ -104,7 +158,7 @@ def build_index(tar_path: str | os.PathLike) -> ShardIndex:
                         shard=str(tar_path),
                         key=key,
                     )
-                if rows and rows[-1][0] == key:
+                if rows and rows[-1][0] == key and ext not in {e for e, _, _ in rows[-1][1]}:
                     rows[-1][1].append((ext, info.offset_data, info.size))
                 else:
                     rows.append((key, [(ext, info.offset_data, info.size)]))
@@ -193,6 +247,10 @@ def read_index(path: str | os.PathLike, *, shard: str | None = None) -> ShardInd
                     f"index {path} line {lineno} has a non-numeric offset or size",
                     shard=shard_name,
                     key=key,
+                )
+            if any(ext == e for e, _, _ in members):
+                raise IndexMismatchError(
+                    f"index {path} line {lineno} lists .{ext} twice", shard=shard_name, key=key
                 )
             members.append((ext, int(offset), int(size)))
         rows.append((key, members))

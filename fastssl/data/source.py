@@ -8,9 +8,16 @@ import tarfile
 from collections import OrderedDict
 from dataclasses import dataclass
 
-from fastssl.data.index import ShardIndex, read_index
+from fastssl.data.index import ShardIndex, member_kind, read_index, unsafe_name
 from fastssl.data.manifest import Manifest, ShardInfo, sha256_file
-from fastssl.errors import IndexMismatchError, MissingMemberError, ShardError
+from fastssl.errors import (
+    ChecksumError,
+    DuplicateKeyError,
+    IndexMismatchError,
+    MissingMemberError,
+    ShardError,
+    UnsafeMemberError,
+)
 
 TAR_BLOCK = 512
 
@@ -22,6 +29,12 @@ class SampleBytes:
     shard: str
     key: str
     members: dict[str, bytes]
+
+
+def _again(err: ShardError, key: str | None = None) -> ShardError:
+    """A fresh copy of a kept verdict, naming `key`: raising the kept object itself again and
+    again would grow its traceback with every sample of the shard."""
+    return type(err)(err.reason, shard=err.shard, key=key, path=err.path)
 
 
 def _parse_header(block: bytes) -> tarfile.TarInfo | None:
@@ -52,6 +65,10 @@ class ByteSource:
     disagrees with its tar is reported, naming shard and key, instead of returning someone
     else's bytes. Indexes are loaded on first use; at most `max_open` shard files are held
     open at once. With `verify_checksums`, each shard's sha256 is checked once, on first use.
+    A key's second occurrence in a shard, a member name with an absolute path or `..`, and an
+    index entry that points at a link or device entry are refused per sample. A shard whose
+    checksum or index is found wrong stays refused for the source's life (it is not re-hashed
+    for each of its samples); errors of the file system are retried at the next read.
 
     One instance per thread. Copies, pickles (for worker processes) and forked children start
     with no open files of their own, so they never share or close another's descriptors.
@@ -65,6 +82,7 @@ class ByteSource:
         self.verify_checksums = verify_checksums
         self._indexes: dict[int, ShardIndex] = {}
         self._verified: set[int] = set()
+        self._refused: dict[int, ShardError] = {}  # shard -> its checksum or index verdict
         self._fds: OrderedDict[int, int] = OrderedDict()
         self._pid = os.getpid()
 
@@ -90,30 +108,43 @@ class ByteSource:
         """The shard's index, checked against the manifest's sample count."""
         if shard not in self._indexes:
             info = self._info(shard)
-            index = read_index(self.manifest.index_path(shard), shard=info.path)
-            if len(index) != info.samples:
-                raise IndexMismatchError(
-                    f"index lists {len(index)} samples but the manifest says {info.samples}",
-                    shard=info.path,
-                )
+            if shard in self._refused:
+                raise _again(self._refused[shard])
+            try:
+                index = read_index(self.manifest.index_path(shard), shard=info.path)
+                if len(index) != info.samples:
+                    raise IndexMismatchError(
+                        f"index lists {len(index)} samples but the manifest says {info.samples}",
+                        shard=info.path,
+                    )
+            except IndexMismatchError as err:  # the content is wrong: it will not get better
+                self._refused[shard] = err
+                raise
             self._indexes[shard] = index
         return self._indexes[shard]
 
-    def _fd(self, shard: int, info: ShardInfo) -> int:
+    def _fd(self, shard: int, info: ShardInfo, key: str | None = None) -> int:
         if self._pid != os.getpid():  # forked: the inherited descriptors belong to the parent
             self._fds, self._pid = OrderedDict(), os.getpid()
         if shard in self._fds:
             self._fds.move_to_end(shard)
             return self._fds[shard]
         path = self.manifest.shard_path(shard)
+        if shard in self._refused:
+            raise _again(self._refused[shard], key)
         try:
             if self.verify_checksums and shard not in self._verified:
                 if sha256_file(path) != info.sha256:
-                    raise ShardError("checksum does not match the manifest", shard=info.path)
+                    self._refused[shard] = ChecksumError(
+                        "checksum does not match the manifest (the shard changed since it was "
+                        "written; rewrite it or its manifest entry)",
+                        shard=info.path,
+                    )
+                    raise _again(self._refused[shard], key)
                 self._verified.add(shard)
             fd = os.open(path, os.O_RDONLY)
         except OSError as err:
-            raise ShardError(f"cannot open shard: {err.strerror}", shard=info.path) from err
+            raise ShardError(f"cannot open shard: {err.strerror}", shard=info.path, key=key) from err
         self._fds[shard] = fd
         while len(self._fds) > self.max_open:
             os.close(self._fds.popitem(last=False)[1])
@@ -123,14 +154,26 @@ class ByteSource:
         """The members `exts` (default: `default_exts()`) of sample `sample` in shard `shard`.
 
         Raises `MissingMemberError` when the sample lacks one of `exts`, `IndexMismatchError`
-        when the tar does not hold what the index says, `ShardError` when the shard is unreadable.
+        when the tar does not hold what the index says, `DuplicateKeyError` for a key's second
+        occurrence in the shard, `UnsafeMemberError` for a name or an entry that must never be
+        read, `ShardError` (`ChecksumError`) when the shard is unreadable (or changed).
         """
         info = self._info(shard)
         index = self.index(shard)
         if not 0 <= sample < len(index):
             raise IndexMismatchError(f"sample {sample} out of range 0..{len(index) - 1}", shard=info.path)
         key = index.keys[sample]
-        fd = self._fd(shard, info)
+        if sample in index.repeats:
+            raise DuplicateKeyError(
+                f"duplicate key: sample {sample} repeats the key of sample {index.repeats[sample]} "
+                "(the first is read, this one is refused)",
+                shard=info.path,
+                key=key,
+            )
+        why = unsafe_name(key)
+        if why is not None:
+            raise UnsafeMemberError(f"member name is {why}; refused", shard=info.path, key=key)
+        fd = self._fd(shard, info, key)
         members: dict[str, bytes] = {}
         for ext in exts or self.default_exts():
             where = index.member(sample, ext)
@@ -162,6 +205,13 @@ class ByteSource:
             )
         header = _parse_header(block[:TAR_BLOCK])
         expected = f"{key}.{ext}"
+        if header is not None and not header.isreg() and not header.isdir():
+            raise UnsafeMemberError(
+                f"index points .{ext} at a {member_kind(header)} entry {header.name!r}; links and "
+                "device files are never read",
+                shard=info.path,
+                key=key,
+            )
         if not _header_matches(header, expected, size):
             if header is None:
                 found = "no valid tar header"
