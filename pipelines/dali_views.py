@@ -25,8 +25,8 @@ from nvidia.dali.pipeline import Pipeline
 from nvidia.dali.plugin.pytorch import feed_ndarray
 from PIL import Image
 
-from fastssl.errors import DataError
-from fastssl.feed import BatchReader, DecodeError, HostBatch
+from fastssl.errors import DecodeError, WorkerError
+from fastssl.feed import BatchReader, HostBatch
 from fastssl.recipes import Recipe, ViewSpec
 
 
@@ -354,10 +354,19 @@ class DaliBackend:
         if found:  # only a newly found culprit makes a retry worth it; else the failure is reported
             return self._pending[0].number
         keys = [k for b in self._pending for k in b.keys]
-        raise DataError(f"DALI pipeline failed on a batch of samples {keys[:8]}...: {err}") from err
+        raise WorkerError(
+            f"DALI pipeline failed on batches holding samples {keys[:8]}..., and PIL decodes every "
+            f"one of them: {err}"
+        ) from err
 
     def close(self) -> None:
-        """Drop the graph (and its threads and buffers) and the host-side threads."""
+        """Shut the graph down now (its threads and buffers), and the host-side threads.
+
+        Now, not when the garbage collector reaches it: DALI's pipeline sits in reference cycles,
+        and a process forked before the collector ran (a Kornia decode worker) would run its
+        destructor there, waiting on threads that exist only in the parent."""
+        if self._pipe is not None:
+            self._pipe._shutdown()  # what Pipeline.__del__ does; idempotent
         self._pipe = None
         self._clean = False
         if self._ahead is not None:

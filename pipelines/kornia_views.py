@@ -11,6 +11,7 @@ Kornia's `gaussian_blur2d` with a per-sample sigma, run only on the samples that
 
 from __future__ import annotations
 
+import gc
 import io
 import math
 from collections.abc import Iterator, Sequence
@@ -22,7 +23,8 @@ from kornia.enhance import normalize
 from kornia.filters import gaussian_blur2d
 from PIL import Image
 
-from fastssl.feed import BatchReader, DecodeError, HostBatch
+from fastssl.errors import DataError, DecodeError, WorkerError
+from fastssl.feed import BatchReader, HostBatch
 from fastssl.recipes import Recipe
 
 _PLACEHOLDER_VALUE = 120  # mid-gray view for a sample skipped at decode time
@@ -128,10 +130,15 @@ class _DecodedBatches(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.reader.plan)
 
-    def __getitem__(self, number: int) -> tuple[HostBatch, list[np.ndarray]]:
-        batch = self.reader(number)
-        valid = batch.valid.copy()
-        views = decode_views(batch, self.recipe, on_error=self.reader.on_error)
+    def __getitem__(self, number: int) -> tuple[HostBatch, list[np.ndarray]] | DataError:
+        try:
+            batch = self.reader(number)
+            valid = batch.valid.copy()
+            views = decode_views(batch, self.recipe, on_error=self.reader.on_error)
+        except DataError as err:
+            # returned, not raised: a DataLoader re-raises a worker's exception as a new one built
+            # from the traceback text, which loses its shard and key attributes
+            return err
         if not np.array_equal(valid, batch.valid):  # a decode failure: no tiles borrowed from it
             self.reader.draw_patches(batch)
         batch.jpegs = []  # the bytes stay in the worker
@@ -161,8 +168,42 @@ class KorniaBackend:
             prefetch_factor=self.prefetch if self.num_workers else None,
             pin_memory=self.device.type == "cuda",
         )
-        for batch, pixels in loader:
-            yield batch, self.views(pixels, batch.params)
+        # Workers are forked here. Garbage the parent has not collected yet (a closed loader's
+        # DALI pipeline in a reference cycle) would be collected in the child, whose copy has none
+        # of the pipeline's threads: its destructor then waits for them for ever (seen in the fault
+        # suite). Frozen objects are never collected, so the children leave the parent's garbage
+        # alone; the parent unfreezes and collects as usual.
+        gc.freeze()
+        try:
+            batches = iter(loader)
+        finally:
+            gc.unfreeze()
+        try:
+            while True:
+                try:
+                    item = next(batches)
+                except StopIteration:
+                    return
+                if isinstance(item, DataError):
+                    raise item
+                batch, pixels = item
+                yield batch, self.views(pixels, batch.params)
+        except RuntimeError as err:
+            # torch notices a dead worker at once (its SIGCHLD handler raises wherever the main
+            # thread is: here, or in the caller's code between batches) or at its 5 s status check
+            if "DataLoader worker" in str(err):
+                raise WorkerError(f"a decode worker process died: {err}") from err
+            raise
+        finally:
+            # Stop the workers now, and unregister them from torch's SIGCHLD handler. Left to the
+            # garbage collector, the iterator lives as long as any traceback through it (a raised
+            # error holds one): its queues may be finalised before it, making its shutdown wait
+            # 5 s, and a dead worker's pid stays registered, so that any later child exit in the
+            # process raised "DataLoader worker ... killed" again, far from here.
+            shutdown = getattr(batches, "_shutdown_workers", None)  # absent without workers
+            if shutdown is not None:
+                shutdown()
+            del batches
 
     def close(self) -> None:
         """Nothing held between epochs: each `run` owns its DataLoader and workers."""
