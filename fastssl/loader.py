@@ -19,6 +19,7 @@ from fastssl.data.images import DEFAULT_MAX_PIXELS
 from fastssl.data.index import read_index
 from fastssl.data.manifest import Manifest, ShardInfo
 from fastssl.data.plan import EpochPlan, PlanState
+from fastssl.data.remote import fetch_shard, url_scheme
 from fastssl.data.source import ByteSource
 from fastssl.feed import BatchReader, HostBatch, OnError
 from fastssl.recipes import PatchRecipe, Recipe, get_recipe
@@ -26,17 +27,30 @@ from fastssl.recipes import PatchRecipe, Recipe, get_recipe
 Backend = Literal["auto", "dali", "kornia"]
 
 
-def resolve_data(data: str | os.PathLike | Manifest | Sequence[str | os.PathLike]) -> Manifest:
+def resolve_data(
+    data: str | os.PathLike | Manifest | Sequence[str | os.PathLike],
+    *,
+    allow_pipe: bool = False,
+    cache_dir: str | os.PathLike | None = None,
+) -> Manifest:
     """A manifest from a shard folder, a manifest file, a Manifest, or a list of indexed shard paths.
 
     A list of `.tar` paths needs each shard's DALI index beside it (`x.tar` -> `x.idx`; write
     missing ones with `fastssl index`); the resulting manifest has no checksums and no classes.
+    The list may hold `pipe:` URLs when `allow_pipe` is True (refused otherwise, with
+    `UnsafeSourceError`): each command's output is copied once into `cache_dir` and indexed there
+    (`fastssl.data.remote`).
     """
     if isinstance(data, Manifest):
         return data
+    if isinstance(data, str) and url_scheme(data) is not None:
+        data = [data]
     if isinstance(data, (str, os.PathLike)):
         return Manifest.load(data)
-    paths = [Path(p).resolve() for p in data]
+    paths = [
+        fetch_shard(p, cache_dir, allow_pipe=allow_pipe) if isinstance(p, str) else Path(p) for p in data
+    ]
+    paths = [p.resolve() for p in paths]
     if not paths:
         raise ValueError("no shard paths given")
     shards = []
@@ -86,6 +100,15 @@ class SSLLoader:
     with `return_params` a `patch_params` dict. Every rank yields `len(loader)` batches per epoch;
     over one epoch the valid samples of all ranks are the data set, each exactly once.
 
+    Bad data (see README, "Bad data and failures"): with `on_error="raise"` the iterator raises a
+    `fastssl.errors.DataError` subclass naming shard, key and cause; with `"skip"` the sample keeps
+    its place as a placeholder with `valid` False and is listed in `loader.skipped` (dicts of
+    epoch, rank, shard, key, reason). Every image header is checked before decoding: more than
+    `max_pixels` pixels, a truncated JPEG, a non-JPEG or CMYK `.jpg` are refused on every backend.
+    `verify_checksums` checks each shard's sha256 on first use; `allow_pipe` lets `data` hold
+    `pipe:` URLs (shell commands, refused by default), copied once into `cache_dir`. A dead decode
+    worker raises `fastssl.errors.WorkerError`.
+
     Epochs advance by themselves after each complete pass; `set_epoch(e)` chooses one explicitly
     (as with DistributedSampler). `state_dict()` after k batches and `load_state_dict()` in a new
     loader continue the epoch at batch k, with the same samples and the same random parameters.
@@ -109,8 +132,10 @@ class SSLLoader:
         shuffle: bool = True,
         max_pixels: int = DEFAULT_MAX_PIXELS,
         verify_checksums: bool = False,
+        allow_pipe: bool = False,
+        cache_dir: str | os.PathLike | None = None,
     ) -> None:
-        self.manifest = resolve_data(data)
+        self.manifest = resolve_data(data, allow_pipe=allow_pipe, cache_dir=cache_dir)
         self.recipe = get_recipe(recipe)
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
@@ -260,7 +285,7 @@ class SSLLoader:
                 self._patches = PatchViews(self.recipe, self.device)
         numbers = range(start, len(plan))
         for host, views in self._backend.run(reader, numbers):
-            self.skipped.extend({"epoch": plan.epoch, **s} for s in host.skipped)
+            self.skipped.extend({"epoch": plan.epoch, "rank": self.rank, **s} for s in host.skipped)
             self._batches_done = host.number + 1
             yield self._assemble(host, views)
         self.epoch, self._batches_done = plan.epoch + 1, 0  # a complete pass: the next one is new

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from fastssl.data.atomic import durable_replace
+from fastssl.data.remote import url_scheme
 from fastssl.errors import ManifestError
 
 MANIFEST_NAME = "manifest.json"
@@ -119,6 +120,12 @@ def _shard_info(entry: Any) -> ShardInfo:
         value = getattr(info, name)
         if not isinstance(value, kind) or isinstance(value, bool) or (kind is int and value < 0):
             raise ValueError(f"shard {entry.get('path')!r}: {name} = {value!r} is not a valid {name}")
+    for name in ("path", "index"):
+        if url_scheme(getattr(info, name)) is not None:
+            raise ValueError(
+                f"shard {name} {getattr(info, name)!r} is a URL; a manifest names local files "
+                "(it never runs pipe: commands)"
+            )
     return info
 
 
