@@ -215,6 +215,20 @@ def _add_pretrain(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-steps", type=_positive, default=None, help="stop after this many steps")
     p.add_argument("--queue-size", type=_positive, default=None, help="mocov2 queue (65536)")
     p.add_argument("--temperature", type=float, default=None, help="contrastive temperature (method's)")
+    p.add_argument(
+        "--on-error",
+        choices=("raise", "skip"),
+        default="raise",
+        help="bad sample: stop naming it (raise), or skip it and list it in RUN/metrics.jsonl (raise)",
+    )
+    p.add_argument("--verify-checksums", action="store_true", help="check each shard's sha256 on first use")
+    p.add_argument(
+        "--dist-timeout",
+        type=float,
+        default=1800.0,
+        help="seconds a rank waits for a silent peer before failing (1800)",
+    )
+    p.add_argument("--allow-pipe", action="store_true", help="let DATA be a pipe: URL (runs a shell command)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 

@@ -65,9 +65,11 @@ def run_index(args: argparse.Namespace) -> int:
 
 
 def _verify(manifest) -> list[str]:
-    """Re-hash each shard and read and decode every sample; returns the problems found."""
+    """Re-hash each shard, and check, read and decode every sample; returns the problems found."""
     from PIL import Image
 
+    from fastssl.data.header import check_image, parse_label
+    from fastssl.data.images import DEFAULT_MAX_PIXELS
     from fastssl.data.manifest import sha256_file
     from fastssl.data.source import ByteSource
 
@@ -82,9 +84,14 @@ def _verify(manifest) -> list[str]:
                 problems.append(f"{info.path}: {err}")
                 continue
             for sample in range(len(index)):
-                try:
-                    data = source.read(i, sample, exts=("jpg",)).members["jpg"]
-                    with Image.open(io.BytesIO(data)) as image:
+                try:  # the loader's own checks (same verdicts), then a full decode
+                    got = source.read(i, sample)
+                    check_image(
+                        got.members["jpg"], max_pixels=DEFAULT_MAX_PIXELS, shard=got.shard, key=got.key
+                    )
+                    if "cls" in got.members:
+                        parse_label(got.members["cls"], shard=got.shard, key=got.key)
+                    with Image.open(io.BytesIO(got.members["jpg"])) as image:
                         image.load()
                 except DataError as err:
                     problems.append(str(err))
@@ -262,6 +269,10 @@ def run_pretrain(args: argparse.Namespace) -> int:
         max_steps=args.max_steps,
         progress=not args.quiet,
         method_options=options,
+        on_error=args.on_error,
+        verify_checksums=args.verify_checksums,
+        dist_timeout=args.dist_timeout,
+        allow_pipe=args.allow_pipe,
     )
     try:
         summary = pretrain(config)
@@ -272,6 +283,11 @@ def run_pretrain(args: argparse.Namespace) -> int:
         f"{config.method}: {summary['steps']} steps, last loss {summary['loss']:.4f}; "
         f"checkpoint {summary['checkpoint']}"
         + (f", loss curve {summary['loss_plot']}" if summary["loss_plot"] else "")
+        + (
+            f"; skipped {summary['skipped']} bad samples (listed in {config.out}/metrics.jsonl)"
+            if summary["skipped"]
+            else ""
+        )
     )
     return EXIT_OK
 

@@ -8,9 +8,12 @@ schedule, every rank's loader position, RNG states), and holds no method logic.
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import json
 import os
 import random
+import signal
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -62,6 +65,10 @@ class PretrainConfig:
     progress: bool = True
     method_options: dict[str, Any] = field(default_factory=dict)
     recipe_options: dict[str, Any] = field(default_factory=dict)  # changes to the method's views
+    on_error: str = "raise"  # or "skip": bad samples are counted and listed in metrics.jsonl
+    verify_checksums: bool = False
+    allow_pipe: bool = False  # let `data` be a pipe: URL (a shell command)
+    dist_timeout: float = 1800.0  # seconds a collective waits for a silent rank before failing
 
 
 def build_method(config: PretrainConfig) -> Method:
@@ -79,10 +86,16 @@ def build_method(config: PretrainConfig) -> Method:
     return METHODS[config.method](backbone, dim, **config.method_options)
 
 
-def _init_distributed(device: torch.device) -> None:
-    """A process group under torchrun: nccl for CUDA devices, gloo for the CPU."""
+def _init_distributed(device: torch.device, timeout_s: float) -> None:
+    """A process group under torchrun: nccl for CUDA devices, gloo for the CPU.
+
+    `timeout_s` bounds every collective: a rank that stops answering (hung, or dead on another
+    node where torchrun cannot kill its peers) makes the others fail after it instead of waiting
+    for ever; a rank that dies on this node is noticed by torchrun, which stops the others."""
     if int(os.environ.get("WORLD_SIZE", 1)) > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        dist.init_process_group(
+            "nccl" if device.type == "cuda" else "gloo", timeout=datetime.timedelta(seconds=timeout_s)
+        )
 
 
 def _device(name: str) -> torch.device:
@@ -99,38 +112,45 @@ def _device(name: str) -> torch.device:
 _RESUME_FIXED = ("method", "backbone", "width", "epochs", "batch_size", "size", "lr", "optimizer", "seed")
 
 
-class _Interrupt:
-    """Ctrl-C (SIGINT) asks to stop at the next step boundary, where every rank agrees to save a
-    checkpoint of the last completed step, rather than unwinding from the middle of a step."""
+class _StepSync:
+    """What the ranks agree on at each step boundary, in one all-reduce when there are several:
+    whether to stop (Ctrl-C, SIGTERM) and whether any rank skipped bad samples, whose entries are
+    then gathered for rank 0's metrics file.
+
+    SIGINT and SIGTERM (a scheduler's preemption, torchrun stopping its workers) ask to stop at the
+    next step boundary, where every rank agrees to save a checkpoint of the last completed step,
+    rather than unwinding from the middle of a step."""
 
     def __init__(self) -> None:
-        self.asked = False
-        self._previous = None
+        self.signal: int | None = None
+        self._previous: dict[int, Any] = {}
 
-    def __enter__(self) -> _Interrupt:
-        import signal
-        import threading
-
+    def __enter__(self) -> _StepSync:
         if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGINT, self._ask)
+            for number in (signal.SIGINT, signal.SIGTERM):
+                self._previous[number] = signal.signal(number, self._ask)
         return self
 
     def _ask(self, signum: int, frame: object) -> None:
-        self.asked = True
+        self.signal = self.signal or signum
 
-    def agreed(self, device: torch.device) -> bool:
-        """Whether any rank was asked (one all-reduce when there are several ranks)."""
+    def exchange(self, device: torch.device, skipped: list[dict[str, Any]]) -> tuple[int | None, list]:
+        """(the signal any rank was sent, or None; every rank's new skip entries)."""
         if world()[1] == 1:
-            return self.asked
-        flag = torch.tensor([float(self.asked)], device=device)
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        return bool(flag.item())
+            return self.signal, skipped
+        flags = torch.tensor([float(self.signal or 0), float(len(skipped))], device=device)
+        dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+        everyone: list[Any] = []
+        if flags[1] > 0:
+            gathered: list[Any] = [None] * world()[1]
+            dist.all_gather_object(gathered, skipped)
+            everyone = [entry for rank_entries in gathered for entry in rank_entries]
+        return (int(flags[0]) or None), everyone
 
     def __exit__(self, *exc: object) -> None:
-        import signal
-
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
+        for number, previous in self._previous.items():
+            if previous is not None:
+                signal.signal(number, previous)
 
 
 def _rng_state() -> dict[str, Any]:
@@ -172,7 +192,7 @@ class _Metrics:
             return
         with open(self.path, "a") as f:
             f.write(json.dumps(record) + "\n")
-        if self.board is not None:
+        if self.board is not None and "loss" in record:
             for name in ("loss", "lr", "images_per_s", "loader_wait"):
                 self.board.add_scalar(name, record[name], record["step"])
 
@@ -192,6 +212,7 @@ def _plot_loss(out: Path) -> Path | None:
         return None
     path = out / "metrics.jsonl"
     records = [json.loads(line) for line in path.read_text().splitlines() if line] if path.exists() else []
+    records = [r for r in records if "loss" in r]  # not the skipped-sample entries
     if not records:
         return None
     fig, ax = plt.subplots(figsize=(6, 3.5))
@@ -208,7 +229,7 @@ def _plot_loss(out: Path) -> Path | None:
 def pretrain(config: PretrainConfig) -> dict[str, Any]:
     """Run (or resume) a pretraining run; returns a summary (steps, last loss, rates, paths)."""
     device = _device(config.device)
-    _init_distributed(device)
+    _init_distributed(device, config.dist_timeout)
     rank, size = world()
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -226,6 +247,9 @@ def pretrain(config: PretrainConfig) -> dict[str, Any]:
         device=device,
         seed=config.seed,
         num_threads=config.num_threads,
+        on_error=config.on_error,
+        verify_checksums=config.verify_checksums,
+        allow_pipe=config.allow_pipe,
     )
     cuda = device.type == "cuda"
     channels_last = cuda if config.channels_last is None else config.channels_last
@@ -301,9 +325,10 @@ def pretrain(config: PretrainConfig) -> dict[str, Any]:
     loss_sum = torch.zeros((), device=device)  # read back only at logging steps: no sync per step
     window_steps = 0
     stop = False
-    interrupt = _Interrupt()
+    skipped_total = reported = 0
+    sync = _StepSync()
     try:
-        interrupt.__enter__()
+        sync.__enter__()
         while loader.epoch < config.epochs and not stop:
             epoch = loader.epoch
             model.train()
@@ -354,13 +379,20 @@ def pretrain(config: PretrainConfig) -> dict[str, Any]:
                     save()
                     stop = True
                     break
-                if interrupt.agreed(device):
-                    save()  # Ctrl-C: a valid checkpoint of the last completed step, on every rank
-                    raise KeyboardInterrupt
+                signum, skipped = sync.exchange(device, loader.skipped[reported:])
+                reported = len(loader.skipped)
+                for entry in skipped:  # rank 0 lists every rank's skipped samples
+                    metrics.log({"event": "skipped", "step": step, **entry})
+                skipped_total += len(skipped)
+                if signum is not None:
+                    save()  # a valid checkpoint of the last completed step, on every rank
+                    if signum == signal.SIGINT:
+                        raise KeyboardInterrupt
+                    raise SystemExit(128 + signum)
             if not stop:
                 save()  # the end of an epoch
     finally:
-        interrupt.__exit__()
+        sync.__exit__()
         if bar is not None:
             bar.close()
         if keys_file is not None:
@@ -374,4 +406,5 @@ def pretrain(config: PretrainConfig) -> dict[str, Any]:
         "checkpoint": str(checkpoint_path),
         "loss_plot": str(plot) if plot else None,
         "recipe": recipe.name,
+        "skipped": skipped_total,
     }
