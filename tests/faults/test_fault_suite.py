@@ -1,0 +1,91 @@
+"""One test per planted fault and policy, on every backend: `raise` names shard, key and cause from
+the iterator; `skip` counts and lists the bad samples and still covers every other one exactly once,
+with the same number of batches on every rank."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from fastssl.data.faults import FAULTS, PlantedFault, plant_fault
+from fastssl.data.manifest import Manifest
+from fastssl.data.source import ByteSource
+from fastssl.errors import DataError
+from fastssl.loader import SSLLoader
+from fastssl.recipes import SimCLR
+
+RECIPE = SimCLR(size=24)
+BATCH = 5
+
+
+@pytest.fixture(scope="module", params=FAULTS)
+def planted(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> PlantedFault:
+    return plant_fault(tmp_path_factory.mktemp(request.param), request.param)
+
+
+def _loader(planted: PlantedFault, backend: tuple[str, str], **kw) -> SSLLoader:
+    name, device = backend
+    options = {"num_threads": 1, **planted.loader_options, **kw}
+    return SSLLoader(planted.root, RECIPE, BATCH, backend=name, device=device, **options)
+
+
+def _all_keys(root: Path) -> Counter:
+    manifest = Manifest.load(root)
+    with ByteSource(manifest) as source:
+        return Counter(key for s in range(len(manifest.shards)) for key in source.index(s).keys)
+
+
+@pytest.mark.timeout(120)
+def test_raise_names_shard_key_and_cause_from_the_iterator(planted, backend) -> None:
+    with _loader(planted, backend) as loader, pytest.raises(DataError) as info:
+        for _ in loader:
+            pass
+    err = info.value
+    assert isinstance(err, planted.error), f"{type(err).__name__}: {err}"
+    assert (err.shard, err.key) in planted.bad
+    assert planted.says in err.reason
+    assert f"shard {err.shard!r}" in str(err) and f"key {err.key!r}" in str(err)
+
+
+@pytest.mark.timeout(180)
+def test_skip_counts_lists_and_covers_every_other_sample_once_on_two_ranks(planted, backend) -> None:
+    batches, skipped = [], []
+    for rank in (0, 1):
+        with _loader(planted, backend, on_error="skip", rank=rank, world_size=2) as loader:
+            got = list(loader)
+            assert len(got) == len(loader)
+            batches.append(got)
+            skipped += loader.skipped
+    assert len(batches[0]) == len(batches[1]) > 0
+    assert all(b["views"][0].shape[0] == len(b["key"]) for rank in batches for b in rank)
+    valid = Counter(
+        key
+        for rank in batches
+        for b in rank
+        for key, ok in zip(b["key"], b["valid"].tolist(), strict=True)
+        if ok
+    )
+    expected = _all_keys(planted.root) - Counter(key for _, key in planted.bad)
+    assert valid == expected
+    assert Counter((s["shard"], s["key"]) for s in skipped) == Counter(planted.bad)
+    assert all(planted.says in s["reason"] and s["epoch"] == 0 for s in skipped)
+
+
+def test_every_fault_is_planted_where_it_says(planted) -> None:
+    """The generator itself: the bad samples exist in the shard set's indexes."""
+    keys = _all_keys(planted.root)
+    assert all(keys[key] >= 1 for _, key in planted.bad)
+    assert sum(keys.values()) == 24
+
+
+def test_inspect_verify_reports_the_fault_without_training(planted, capsys) -> None:
+    from fastssl.cli import main
+
+    assert main(["inspect", str(planted.root), "--verify"]) == 1
+    out = capsys.readouterr().out
+    problems = [line for line in out.splitlines() if "problem:" in line]
+    assert problems and all(shard in out for shard, _ in planted.bad)
+    if len(planted.bad) == 1:
+        assert repr(planted.bad[0][1]) in out
