@@ -224,7 +224,7 @@ def _add_pretrain(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--verify-checksums", action="store_true", help="check each shard's sha256 on first use")
     p.add_argument(
         "--dist-timeout",
-        type=float,
+        type=_positive_float,
         default=1800.0,
         help="seconds a rank waits for a silent peer before failing (1800)",
     )
@@ -282,6 +282,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_eval(sub)
     _add_fashion_mnist(sub)
     return parser
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+    return value
 
 
 def _exit_on_sigterm(signum: int, frame: object) -> None:

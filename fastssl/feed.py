@@ -111,7 +111,10 @@ class BatchReader:
             except DataError as err:
                 if self.on_error == "raise":
                     raise
-                skipped.append({"shard": shard_name, "key": key, "reason": getattr(err, "reason", str(err))})
+                if entries.valid[i]:  # a padding entry repeats a sample another rank reads and lists
+                    skipped.append(
+                        {"shard": shard_name, "key": key, "reason": getattr(err, "reason", str(err))}
+                    )
                 jpegs.append(np.frombuffer(PLACEHOLDER, dtype=np.uint8))
                 heights[i] = widths[i] = 8
                 valid[i] = False

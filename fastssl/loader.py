@@ -161,6 +161,11 @@ class SSLLoader:
         self._backend: Any = None
         self._patches: Any = None  # the patch stage of patch-grid recipes, built with the backend
         self._plan_cache: EpochPlan | None = None
+        if verify_checksums and any(not s.sha256 for s in self.manifest.shards):
+            raise ValueError(
+                "verify_checksums needs recorded checksums, and shards given as paths or pipe: URLs "
+                "have none; use a manifest (`fastssl shards` writes one)"
+            )
         # one source for the loader's life: indexes loaded and checksums verified once, not per epoch
         self._source = ByteSource(self.manifest, verify_checksums=verify_checksums)
 
@@ -283,6 +288,8 @@ class SSLLoader:
                 from fastssl.pipelines.patch_views import PatchViews
 
                 self._patches = PatchViews(self.recipe, self.device)
+        if self.verify_checksums:  # here, so that forked decode workers inherit the verdicts
+            self._source.verify(np.unique(plan.shard))
         numbers = range(start, len(plan))
         for host, views in self._backend.run(reader, numbers):
             self.skipped.extend({"epoch": plan.epoch, "rank": self.rank, **s} for s in host.skipped)

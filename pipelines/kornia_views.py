@@ -65,7 +65,10 @@ def decode_views(batch: HostBatch, recipe: Recipe, *, on_error: str = "raise") -
                 raise DecodeError(
                     f"cannot decode image: {err}", shard=batch.shards[i], key=batch.keys[i]
                 ) from err
-            batch.skipped.append({"shard": batch.shards[i], "key": batch.keys[i], "reason": f"decode: {err}"})
+            if batch.valid[i]:  # padding repeats a sample another rank reads and lists
+                batch.skipped.append(
+                    {"shard": batch.shards[i], "key": batch.keys[i], "reason": f"decode: {err}"}
+                )
             batch.valid[i] = False
             for view in out:
                 view[i] = _PLACEHOLDER_VALUE

@@ -173,3 +173,14 @@ def test_dali_webdataset_reader_reads_every_sample_through_our_index(shard_dir: 
         key = name.split(".")[0]
         assert bytes(jpgs.at(j)) == expected[f"{key}.jpg"]
         assert bytes(labels.at(j)) == expected[f"{key}.cls"]
+
+
+def test_an_index_line_repeating_an_extension_holds_two_samples_of_one_key(tmp_path) -> None:
+    """DALI's wds2idx writes consecutive members of one key on one line, even a repeated one."""
+    path = tmp_path / "x.idx"
+    path.write_text(
+        "v1.2 2\njpg 512 10 a.jpg cls 1024 1 a.cls jpg 2048 10 a.jpg cls 2560 1 a.cls\njpg 3072 5 b.jpg\n"
+    )
+    index = read_index(path)
+    assert index.keys == ("a", "a", "b")
+    assert index.member(1, "jpg") == (2048, 10) and index.repeats == {1: 0}

@@ -14,6 +14,9 @@ from fastssl.data.images import own_pixel_limit
 from fastssl.errors import ImageHeaderError, LabelError
 
 READ_MODES = ("RGB", "L")  # what both decoders turn into the same RGB pixels
+# PIL names a JPEG with further pictures after it (a camera's multi-picture file) "MPO"; decoders
+# read its first picture, which is a plain JPEG
+JPEG_FORMATS = ("JPEG", "MPO")
 
 _SOI, _EOI = b"\xff\xd8", b"\xff\xd9"
 _STANDALONE = {0x01, *range(0xD0, 0xD8)}  # TEM and RSTn carry no length field
@@ -25,8 +28,11 @@ def _scan_start(data: bytes) -> int | None:
     runs off the end of the data."""
     pos = 2
     while pos + 4 <= len(data):
-        if data[pos] != 0xFF:
-            return None
+        if data[pos] != 0xFF:  # stray bytes between segments: libjpeg skips them with a warning
+            pos = data.find(b"\xff", pos)
+            if pos < 0:
+                return None
+            continue
         marker = data[pos + 1]
         if marker == 0xFF:  # fill byte before a marker
             pos += 1
@@ -66,7 +72,7 @@ def check_image(data: bytes, *, max_pixels: int, shard: str, key: str) -> tuple[
             kind, mode = image.format, image.mode
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
         raise ImageHeaderError(f"cannot read the image header: {err}", shard=shard, key=key) from err
-    if kind != "JPEG":
+    if kind not in JPEG_FORMATS:
         raise ImageHeaderError(
             f"the .jpg member holds a {kind} image, not a JPEG (`fastssl shards` re-encodes such inputs)",
             shard=shard,

@@ -249,9 +249,10 @@ def read_index(path: str | os.PathLike, *, shard: str | None = None) -> ShardInd
                     key=key,
                 )
             if any(ext == e for e, _, _ in members):
-                raise IndexMismatchError(
-                    f"index {path} line {lineno} lists .{ext} twice", shard=shard_name, key=key
-                )
+                # a key repeated in consecutive members (wds2idx writes one line for it): a new
+                # sample with the same key, as `build_index` makes, which readers refuse alone
+                rows.append((key, members))
+                members = []
             members.append((ext, int(offset), int(size)))
         rows.append((key, members))
     return _from_rows(rows)

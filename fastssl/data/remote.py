@@ -10,9 +10,11 @@ a local shard, so exact-once epochs and resumption hold for it too.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import shutil
+import tempfile
 from pathlib import Path
 
 from fastssl.data.atomic import durable_replace
@@ -22,13 +24,15 @@ from fastssl.errors import DataError, ShardError, UnsafeSourceError
 PIPE = "pipe:"
 
 
+# URL schemes that name something other than a local file; anything else before a colon is part
+# of a local path (a folder named "imagenet:train" stays a folder)
+URL_SCHEMES = ("pipe", "file", "http", "https", "ftp", "sftp", "s3", "gs", "gcs", "hf", "ais")
+
+
 def url_scheme(location: str) -> str | None:
-    """`"pipe"`, `"file"`, `"http"`... for a URL, None for a local path (a drive-less `x:y` with a
-    slash or dot before the colon is a path)."""
+    """`"pipe"`, `"file"`, `"http"`... (lower case) for a URL, None for a local path."""
     head, colon, _ = location.partition(":")
-    if not colon or not head or not head.replace("+", "").isalnum():
-        return None
-    return head.lower()
+    return head.lower() if colon and head.lower() in URL_SCHEMES else None
 
 
 def default_cache_dir() -> Path:
@@ -57,36 +61,46 @@ def fetch_shard(url: str, cache_dir: str | os.PathLike | None = None, *, allow_p
     """A local, indexed copy of shard `url` (a `pipe:` command, a `file:` URL), made on first use.
 
     The copy is `cache_dir/<sha256 of the URL>.tar` with its `.idx` beside it; both are written
-    under temporary names and renamed, so ranks sharing a cache never see a partial file.
+    under temporary names and renamed, one process at a time (a lock file beside them), so ranks
+    sharing a cache run the command once and never see a partial file.
     Raises `UnsafeSourceError` for a pipe URL without `allow_pipe`, `ShardError` when the command
     fails (naming its exit status) or its output is not a readable tar.
     """
     check_location(url, allow_pipe=allow_pipe)
-    if url_scheme(url) != "pipe":
-        return Path(url[len("file:") :] if url.startswith("file:") else url)
+    scheme = url_scheme(url)
+    if scheme != "pipe":
+        return Path(url.partition(":")[2] if scheme == "file" else url)
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     cache.mkdir(parents=True, exist_ok=True)
-    name = hashlib.sha256(url.encode()).hexdigest()[:32]
+    command = url.partition(":")[2]
+    name = hashlib.sha256(f"pipe:{command}".encode()).hexdigest()[:32]
     tar, idx = cache / f"{name}.tar", cache / f"{name}.idx"
-    if tar.is_file() and idx.is_file():
-        return tar
-    from webdataset.gopen import gopen  # imports torch: only paid by users of pipe: URLs
+    # one fetch at a time per cache entry (ranks of a node share the cache): the others wait, then
+    # find the pair written; temporary names are unique, so even hosts sharing a cache never mix
+    with open(cache / f".{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if tar.is_file() and idx.is_file():
+            return tar
+        from webdataset.gopen import gopen  # imports torch: only paid by users of pipe: URLs
 
-    tmp_tar, tmp_idx = (cache / f".{p.name}.{os.getpid()}.tmp" for p in (tar, idx))
-    try:
+        tmp_tar = Path(tempfile.mkstemp(prefix=f".{name}.", suffix=".tar.tmp", dir=cache)[1])
+        tmp_idx = tmp_tar.with_suffix(".idx.tmp")
         try:
-            with gopen(url, "rb") as stream, open(tmp_tar, "wb") as out:
-                shutil.copyfileobj(stream, out, 1 << 20)
-        except (OSError, ValueError) as err:
-            raise ShardError(f"the pipe command failed: {err}", shard=url) from err
-        try:
-            index = build_index(tmp_tar)
-        except DataError as err:  # named after the URL, not the temporary file
-            raise type(err)(f"in the pipe command's output: {err.reason}", shard=url, key=err.key) from err
-        write_index(index, tmp_idx)
-        durable_replace(tmp_idx, idx)
-        durable_replace(tmp_tar, tar)
-    finally:
-        tmp_tar.unlink(missing_ok=True)
-        tmp_idx.unlink(missing_ok=True)
+            try:
+                with gopen(f"pipe:{command}", "rb") as stream, open(tmp_tar, "wb") as out:
+                    shutil.copyfileobj(stream, out, 1 << 20)
+            except (OSError, ValueError) as err:
+                raise ShardError(f"the pipe command failed: {err}", shard=url) from err
+            try:
+                index = build_index(tmp_tar)
+            except DataError as err:  # named after the URL, not the temporary file
+                raise type(err)(
+                    f"in the pipe command's output: {err.reason}", shard=url, key=err.key
+                ) from err
+            write_index(index, tmp_idx)
+            durable_replace(tmp_idx, idx)  # index first: a tar under its final name has its index
+            durable_replace(tmp_tar, tar)
+        finally:
+            tmp_tar.unlink(missing_ok=True)
+            tmp_idx.unlink(missing_ok=True)
     return tar

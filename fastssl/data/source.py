@@ -6,6 +6,7 @@ import contextlib
 import os
 import tarfile
 from collections import OrderedDict
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from fastssl.data.index import ShardIndex, member_kind, read_index, unsafe_name
@@ -82,7 +83,8 @@ class ByteSource:
         self.verify_checksums = verify_checksums
         self._indexes: dict[int, ShardIndex] = {}
         self._verified: set[int] = set()
-        self._refused: dict[int, ShardError] = {}  # shard -> its checksum or index verdict
+        self._refused: dict[int, ShardError] = {}  # shard -> its checksum verdict
+        self._bad_index: dict[int, ShardError] = {}  # shard -> why its index is unusable
         self._fds: OrderedDict[int, int] = OrderedDict()
         self._pid = os.getpid()
 
@@ -108,8 +110,8 @@ class ByteSource:
         """The shard's index, checked against the manifest's sample count."""
         if shard not in self._indexes:
             info = self._info(shard)
-            if shard in self._refused:
-                raise _again(self._refused[shard])
+            if shard in self._bad_index:
+                raise _again(self._bad_index[shard])
             try:
                 index = read_index(self.manifest.index_path(shard), shard=info.path)
                 if len(index) != info.samples:
@@ -118,10 +120,36 @@ class ByteSource:
                         shard=info.path,
                     )
             except IndexMismatchError as err:  # the content is wrong: it will not get better
-                self._refused[shard] = err
+                self._bad_index[shard] = err
                 raise
             self._indexes[shard] = index
         return self._indexes[shard]
+
+    def verify(self, shards: Iterable[int]) -> None:
+        """Check the sha256 of every shard in `shards` not checked yet, now. A mismatch is kept as
+        the shard's verdict and raised by its reads; an unreadable file is left to the reads.
+        Called before decode workers fork, so that they inherit the verdicts instead of each
+        re-hashing the shards they touch."""
+        for shard in shards:
+            shard = int(shard)
+            if shard in self._verified or shard in self._refused:
+                continue
+            with contextlib.suppress(ShardError):
+                self._check_checksum(shard, self._info(shard), None)
+
+    def _check_checksum(self, shard: int, info: ShardInfo, key: str | None) -> None:
+        try:
+            digest = sha256_file(self.manifest.shard_path(shard))
+        except OSError as err:
+            raise ShardError(f"cannot open shard: {err.strerror}", shard=info.path, key=key) from err
+        if digest != info.sha256:
+            self._refused[shard] = ChecksumError(
+                "checksum does not match the manifest (the shard changed since it was "
+                "written; rewrite it or its manifest entry)",
+                shard=info.path,
+            )
+            raise _again(self._refused[shard], key)
+        self._verified.add(shard)
 
     def _fd(self, shard: int, info: ShardInfo, key: str | None = None) -> int:
         if self._pid != os.getpid():  # forked: the inherited descriptors belong to the parent
@@ -132,16 +160,9 @@ class ByteSource:
         path = self.manifest.shard_path(shard)
         if shard in self._refused:
             raise _again(self._refused[shard], key)
+        if self.verify_checksums and shard not in self._verified:
+            self._check_checksum(shard, info, key)
         try:
-            if self.verify_checksums and shard not in self._verified:
-                if sha256_file(path) != info.sha256:
-                    self._refused[shard] = ChecksumError(
-                        "checksum does not match the manifest (the shard changed since it was "
-                        "written; rewrite it or its manifest entry)",
-                        shard=info.path,
-                    )
-                    raise _again(self._refused[shard], key)
-                self._verified.add(shard)
             fd = os.open(path, os.O_RDONLY)
         except OSError as err:
             raise ShardError(f"cannot open shard: {err.strerror}", shard=info.path, key=key) from err

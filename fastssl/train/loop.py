@@ -373,12 +373,6 @@ def pretrain(config: PretrainConfig) -> dict[str, Any]:
                     bar.update()
                     if window_steps == 0:
                         bar.set_postfix(loss=f"{loss_value:.3f}")
-                if config.checkpoint_every and step % config.checkpoint_every == 0:
-                    save()
-                if config.max_steps is not None and step >= config.max_steps:
-                    save()
-                    stop = True
-                    break
                 signum, skipped = sync.exchange(device, loader.skipped[reported:])
                 reported = len(loader.skipped)
                 for entry in skipped:  # rank 0 lists every rank's skipped samples
@@ -389,6 +383,12 @@ def pretrain(config: PretrainConfig) -> dict[str, Any]:
                     if signum == signal.SIGINT:
                         raise KeyboardInterrupt
                     raise SystemExit(128 + signum)
+                if config.checkpoint_every and step % config.checkpoint_every == 0:
+                    save()
+                if config.max_steps is not None and step >= config.max_steps:
+                    save()
+                    stop = True
+                    break
             if not stop:
                 save()  # the end of an epoch
     finally:

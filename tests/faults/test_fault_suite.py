@@ -4,6 +4,7 @@ with the same number of batches on every rank."""
 
 from __future__ import annotations
 
+import os
 from collections import Counter
 from pathlib import Path
 
@@ -89,3 +90,55 @@ def test_inspect_verify_reports_the_fault_without_training(planted, capsys) -> N
     assert problems and all(shard in out for shard, _ in planted.bad)
     if len(planted.bad) == 1:
         assert repr(planted.bad[0][1]) in out
+
+
+def test_a_bad_sample_that_also_pads_the_epoch_is_listed_once(tmp_path, backend) -> None:
+    """24 samples on 5 ranks: one padding entry repeats a sample; with a seed where it repeats the
+    bad one, the bad sample is still listed once and every good one covered once."""
+    from fastssl.data.plan import EpochPlan
+
+    planted = plant_fault(tmp_path / "set", "bad_label")
+    manifest = Manifest.load(planted.root)
+    ranks = 5
+
+    def pads_the_victim(seed: int) -> bool:
+        for rank in range(ranks):
+            plan = EpochPlan(manifest, epoch=0, seed=seed, batch_size=BATCH, world_size=ranks, rank=rank)
+            padding = ~plan.valid
+            if any((s, n) == (1, 3) for s, n in zip(plan.shard[padding], plan.sample[padding], strict=True)):
+                return True
+        return False
+
+    seed = next(s for s in range(2000) if pads_the_victim(s))
+    valid, skipped = Counter(), []
+    for rank in range(ranks):
+        with _loader(planted, backend, on_error="skip", rank=rank, world_size=ranks, seed=seed) as loader:
+            for b in loader:
+                valid.update(k for k, ok in zip(b["key"], b["valid"].tolist(), strict=True) if ok)
+            skipped += loader.skipped
+    assert [(s["shard"], s["key"]) for s in skipped] == list(planted.bad)
+    assert valid == _all_keys(planted.root) - Counter(key for _, key in planted.bad)
+
+
+def test_checksums_are_checked_once_before_workers_start_and_need_a_manifest(tmp_path, monkeypatch) -> None:
+    from fastssl.data import source as source_module
+    from fastssl.data.faults import clean_shards
+
+    root = tmp_path / "clean"
+    clean_shards(root)
+    log = tmp_path / "hashed.txt"  # a file: forked decode workers append to it too
+    real = source_module.sha256_file
+
+    def logged(path):
+        with open(log, "a") as f:
+            f.write(f"{os.getpid()} {Path(path).name}\n")
+        return real(path)
+
+    monkeypatch.setattr(source_module, "sha256_file", logged)
+    with SSLLoader(root, RECIPE, BATCH, backend="kornia", num_threads=2, verify_checksums=True) as loader:
+        for _ in range(2):
+            assert sum(len(b["key"]) for b in loader) == 24
+    me = str(os.getpid())
+    assert sorted(log.read_text().splitlines()) == [f"{me} shard-00000{i}.tar" for i in range(3)]
+    with pytest.raises(ValueError, match="verify_checksums needs recorded checksums"):
+        SSLLoader(sorted(root.glob("*.tar")), RECIPE, BATCH, backend="kornia", verify_checksums=True)

@@ -69,3 +69,16 @@ def test_data_errors_survive_pickling_whole(kind) -> None:
         "/data/x",
         "something is wrong",
     )
+
+
+def test_a_multi_picture_jpeg_and_stray_bytes_between_segments_are_accepted() -> None:
+    first = Image.open(io.BytesIO(BASELINE))
+    out = io.BytesIO()
+    first.save(out, "MPO", save_all=True, append_images=[first.rotate(90)])
+    mpo = out.getvalue()
+    assert Image.open(io.BytesIO(mpo)).format == "MPO"
+    assert check_image(mpo, max_pixels=10**6, shard="s", key="k") == (64, 96)
+    app0_end = 4 + int.from_bytes(BASELINE[4:6], "big")
+    stray = BASELINE[:app0_end] + b"\x00\x13" + BASELINE[app0_end:]  # junk after the first segment
+    Image.open(io.BytesIO(stray)).load()  # PIL decodes it (libjpeg warns), so fastssl must accept it
+    assert check_image(stray, max_pixels=10**6, shard="s", key="k") == (64, 96)

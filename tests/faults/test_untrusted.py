@@ -177,7 +177,16 @@ def test_a_failing_pipe_command_names_its_url_and_exit_status(tmp_path) -> None:
     with pytest.raises(ShardError, match="exit 3") as info:
         SSLLoader([url], RECIPE, 4, backend="kornia", allow_pipe=True, cache_dir=tmp_path)
     assert info.value.shard == url
-    assert not list(tmp_path.iterdir())
+    assert all(p.name.endswith(".lock") for p in tmp_path.iterdir())  # no tar, index or temporary
+    with pytest.raises(UnsafeSourceError):  # the scheme is matched in any case
+        SSLLoader(["PIPE:cat x.tar"], RECIPE, 4, backend="kornia")
+
+
+def test_a_local_folder_with_a_colon_in_its_name_is_not_a_url(tmp_path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    plant_fault("imagenet:train", "bad_label")
+    with SSLLoader("imagenet:train", RECIPE, 4, backend="kornia", num_threads=1, on_error="skip") as loader:
+        assert len(list(loader)) == len(loader) == 6
 
 
 def test_a_manifest_naming_a_pipe_command_is_refused(tmp_path) -> None:
