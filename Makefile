@@ -37,6 +37,9 @@ bench: $(STAMP)
 	    --quiet --json benchmarks/out/bench_$${r}_$${b}.json --plot benchmarks/out/bench_$${r}_$${b}.png; done; done
 	$(PY) benchmarks/bench_ablation.py demo_out/shards --backend dali --batch-size 64 --batches 8
 	$(PY) benchmarks/bench_ablation.py demo_out/shards --backend kornia --batch-size 64 --batches 8
+	$(PY) benchmarks/bench_header.py demo_out/shards --repeats 5
+	for b in dali kornia; do $(PY) benchmarks/bench_soak.py --epochs 100 --shards 2 --backend $$b \
+	  --json benchmarks/out/soak_$$b.json; done
 
 clean-venv:
 	rm -rf $(VENV)
