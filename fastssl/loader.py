@@ -105,7 +105,8 @@ class SSLLoader:
     its place as a placeholder with `valid` False and is listed in `loader.skipped` (dicts of
     epoch, rank, shard, key, reason). Every image header is checked before decoding: more than
     `max_pixels` pixels, a truncated JPEG, a non-JPEG or CMYK `.jpg` are refused on every backend.
-    `verify_checksums` checks each shard's sha256 on first use; `allow_pipe` lets `data` hold
+    `verify_checksums` checks the sha256 of each shard an epoch reads, once per loader, before
+    decode workers start (a manifest with checksums is needed); `allow_pipe` lets `data` hold
     `pipe:` URLs (shell commands, refused by default), copied once into `cache_dir`. A dead decode
     worker raises `fastssl.errors.WorkerError`.
 
