@@ -175,12 +175,18 @@ class KorniaBackend:
         # DALI pipeline in a reference cycle) would be collected in the child, whose copy has none
         # of the pipeline's threads: its destructor then waits for them for ever (seen in the fault
         # suite). Frozen objects are never collected, so the children leave the parent's garbage
-        # alone; the parent unfreezes and collects as usual.
-        gc.freeze()
+        # alone; the parent unfreezes and collects as usual. A caller that froze objects itself
+        # keeps them frozen: then the parent's garbage is collected here, before the fork, instead.
+        ours = gc.get_freeze_count() == 0
+        if ours:
+            gc.freeze()
+        else:
+            gc.collect()
         try:
             batches = iter(loader)
         finally:
-            gc.unfreeze()
+            if ours:
+                gc.unfreeze()
         try:
             while True:
                 try:

@@ -248,3 +248,19 @@ def test_two_ranks_with_skip_gather_every_rank_s_skips_into_the_metrics_file(tmp
     assert sorted((r["shard"], r["key"]) for r in records) == sorted(planted.bad)
     assert {r["rank"] for r in records} == {0, 1}
     assert f"skipped {len(planted.bad)} bad samples" in done.stdout
+
+
+def test_decode_workers_leave_a_caller_s_gc_freeze_alone(shards) -> None:
+    import gc
+
+    gc.freeze()
+    try:
+        frozen = gc.get_freeze_count()
+        with SSLLoader(shards, RECIPE, 8, backend="kornia", device="cpu", num_threads=2) as loader:
+            assert sum(len(b["key"]) for b in loader) == 48
+        assert gc.get_freeze_count() > frozen // 2  # not unfrozen (some frozen objects die by refcount)
+    finally:
+        gc.unfreeze()
+    with SSLLoader(shards, RECIPE, 8, backend="kornia", device="cpu", num_threads=2) as loader:
+        assert sum(len(b["key"]) for b in loader) == 48
+    assert gc.get_freeze_count() == 0  # its own freeze around the fork is undone
