@@ -222,3 +222,26 @@ def test_header_matching_rules():
 def test_errors_are_data_errors(shard_dir: Path):
     with ByteSource(Manifest.load(shard_dir)) as source, pytest.raises(DataError):
         source.read(0, 99)
+
+
+@pytest.mark.parametrize("fmt", [tarfile.GNU_FORMAT, tarfile.PAX_FORMAT], ids=["gnu", "pax"])
+def test_long_names_are_checked_whole_against_their_long_name_record(tmp_path: Path, fmt):
+    """Two members whose 130-byte names share their first 120 bytes, and sizes: the header keeps
+    100 bytes of each name, so only the long-name record tells them apart."""
+    stem = "x" * 120
+    with tarfile.open(tmp_path / "long.tar", "w", format=fmt) as tar:
+        for name, data in ((f"{stem}_a.jpg", b"AAA"), (f"{stem}_b.jpg", b"BBB")):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    index = build_index(tmp_path / "long.tar")
+    write_index(index, tmp_path / "long.idx")
+    info = ShardInfo("long.tar", "long.idx", 2, (tmp_path / "long.tar").stat().st_size, "")
+    with ByteSource(Manifest((info,), root=tmp_path)) as source:
+        assert [source.read(0, i, exts=("jpg",)).members["jpg"] for i in (0, 1)] == [b"AAA", b"BBB"]
+    text = (tmp_path / "long.idx").read_text()  # point sample a's .jpg at b's data
+    a_at, b_at = index.member(0, "jpg")[0], index.member(1, "jpg")[0]
+    (tmp_path / "long.idx").write_text(text.replace(f"jpg {a_at} 3", f"jpg {b_at} 3", 1))
+    with ByteSource(Manifest((info,), root=tmp_path)) as source, pytest.raises(IndexMismatchError) as err:
+        source.read(0, 0, exts=("jpg",))
+    assert f"gives '{stem}_b.jpg'" in str(err.value) and err.value.key == f"{stem}_a"

@@ -50,12 +50,53 @@ def _header_matches(header: tarfile.TarInfo | None, expected: str, size: int) ->
     """Whether the header is a regular file named `expected` with `size` bytes.
 
     Names over 100 bytes live in a long-name record before the header, which then keeps only a
-    truncation of at least 99 bytes; such a truncation is accepted.
+    truncation of at least 99 bytes; such a truncation matches here, and the reader then checks
+    the whole name in the record (`_long_name_before`).
     """
     if header is None or not header.isreg() or header.size != size:
         return False
     name = header.name
     return name == expected or (len(name.encode()) >= 99 and expected.startswith(name))
+
+
+_PAX_SEARCH_BLOCKS = 16  # a pax record of up to 8 KiB before the header is found
+
+
+def _long_name_before(fd: int, header_at: int, name_bytes: int) -> str | None:
+    """The full member name that a GNU long-name record or a pax `path` record right before the
+    header at `header_at` gives, or None when neither is there.
+
+    Only needed for names of 100 bytes or more, whose header keeps a truncation: without it, two
+    members whose names share their first 99 bytes and whose sizes agree could be confused.
+    """
+    # GNU: an 'L' header, then the name and a NUL in whole blocks
+    blocks = -(-(name_bytes + 1) // TAR_BLOCK)
+    start = header_at - (blocks + 1) * TAR_BLOCK
+    if start >= 0:
+        record = os.pread(fd, (blocks + 1) * TAR_BLOCK, start)
+        head = _parse_header(record[:TAR_BLOCK])
+        if head is not None and head.type == tarfile.GNUTYPE_LONGNAME:
+            return record[TAR_BLOCK : TAR_BLOCK + head.size].rstrip(b"\0").decode("utf-8", "surrogateescape")
+    # pax: an 'x' header, then "LEN key=value\n" records, one of them the path
+    for blocks in range(1, _PAX_SEARCH_BLOCKS + 1):
+        start = header_at - (blocks + 1) * TAR_BLOCK
+        if start < 0:
+            break
+        head = _parse_header(os.pread(fd, TAR_BLOCK, start))
+        if head is None or head.type != tarfile.XHDTYPE or -(-head.size // TAR_BLOCK) != blocks:
+            continue
+        records = os.pread(fd, head.size, start + TAR_BLOCK)
+        while records:
+            length, _, rest = records.partition(b" ")
+            if not length.isdigit() or int(length) > len(records):
+                return None
+            field = records[len(length) + 1 : int(length) - 1]
+            name, _, value = field.partition(b"=")
+            if name == b"path":
+                return value.decode("utf-8", "surrogateescape")
+            records = records[int(length) :]
+        return None
+    return None
 
 
 class ByteSource:
@@ -233,7 +274,16 @@ class ByteSource:
                 shard=info.path,
                 key=key,
             )
-        if not _header_matches(header, expected, size):
+        if _header_matches(header, expected, size) and header.name != expected:
+            full = _long_name_before(fd, offset - TAR_BLOCK, len(expected.encode()))
+            if full != expected:  # the header's truncated name agrees, the whole name does not
+                raise IndexMismatchError(
+                    f"index says {expected!r} at offset {offset}, the tar's long-name record there "
+                    f"gives {full!r}",
+                    shard=info.path,
+                    key=key,
+                )
+        elif not _header_matches(header, expected, size):
             if header is None:
                 found = "no valid tar header"
             else:
