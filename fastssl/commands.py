@@ -65,7 +65,8 @@ def run_index(args: argparse.Namespace) -> int:
 
 
 def _verify(manifest) -> list[str]:
-    """Re-hash each shard, and check, read and decode every sample; returns the problems found."""
+    """Re-hash each shard, and check, read and decode every sample; find keys repeated across
+    shards (which the loader, reading shard by shard, cannot see); returns the problems found."""
     from PIL import Image
 
     from fastssl.data.header import check_image, parse_label
@@ -74,6 +75,7 @@ def _verify(manifest) -> list[str]:
     from fastssl.data.source import ByteSource
 
     problems: list[str] = []
+    first_shard: dict[str, str] = {}  # key -> the shard it was first seen in
     with ByteSource(manifest) as source:
         for i, info in enumerate(manifest.shards):
             try:
@@ -83,6 +85,11 @@ def _verify(manifest) -> list[str]:
             except (OSError, DataError) as err:
                 problems.append(f"{info.path}: {err}")
                 continue
+            for key in dict.fromkeys(index.keys):  # repeats within a shard are reported by the reads
+                if first_shard.setdefault(key, info.path) != info.path:
+                    problems.append(
+                        f"key {key!r} is in shard {first_shard[key]!r} and again in {info.path!r}"
+                    )
             for sample in range(len(index)):
                 try:  # the loader's own checks (same verdicts), then a full decode
                     got = source.read(i, sample)

@@ -142,3 +142,15 @@ def test_checksums_are_checked_once_before_workers_start_and_need_a_manifest(tmp
     assert sorted(log.read_text().splitlines()) == [f"{me} shard-00000{i}.tar" for i in range(3)]
     with pytest.raises(ValueError, match="verify_checksums needs recorded checksums"):
         SSLLoader(sorted(root.glob("*.tar")), RECIPE, BATCH, backend="kornia", verify_checksums=True)
+
+
+def test_inspect_verify_finds_a_key_repeated_across_shards(tmp_path, capsys) -> None:
+    from fastssl.cli import main
+    from fastssl.data.faults import small_jpeg, write_raw_shards
+
+    sample = {"cls": b"0", "jpg": small_jpeg(seed=1)}
+    write_raw_shards(tmp_path, [[("a", sample), ("b", sample)], [("c", sample), ("a", sample)]])
+    assert main(["inspect", str(tmp_path), "--verify"]) == 1
+    out = capsys.readouterr().out
+    assert "key 'a' is in shard 'shard-000000.tar' and again in 'shard-000001.tar'" in out
+    assert "1 problems" in out
