@@ -18,7 +18,7 @@ READ_MODES = ("RGB", "L")  # what both decoders turn into the same RGB pixels
 # read its first picture, which is a plain JPEG
 JPEG_FORMATS = ("JPEG", "MPO")
 
-_SOI, _EOI = b"\xff\xd8", b"\xff\xd9"
+_EOI = b"\xff\xd9"  # end of image
 _STANDALONE = {0x01, *range(0xD0, 0xD8)}  # TEM and RSTn carry no length field
 
 

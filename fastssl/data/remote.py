@@ -21,9 +21,6 @@ from fastssl.data.atomic import durable_replace
 from fastssl.data.index import build_index, write_index
 from fastssl.errors import DataError, ShardError, UnsafeSourceError
 
-PIPE = "pipe:"
-
-
 # URL schemes that name something other than a local file; anything else before a colon is part
 # of a local path (a folder named "imagenet:train" stays a folder)
 URL_SCHEMES = ("pipe", "file", "http", "https", "ftp", "sftp", "s3", "gs", "gcs", "hf", "ais")
