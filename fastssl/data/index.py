@@ -21,9 +21,10 @@ INDEX_VERSION = "v1.2"
 
 def unsafe_name(name: str) -> str | None:
     """Why a member name must never be read or extracted (an absolute path or a `..` part), or None."""
-    if name.startswith("/") or PurePosixPath(name).is_absolute():
+    path = PurePosixPath(name)
+    if path.is_absolute():
         return "an absolute path"
-    if ".." in PurePosixPath(name).parts:
+    if ".." in path.parts:
         return "a '..' path component"
     return None
 
@@ -79,6 +80,12 @@ class ShardIndex:
             else:
                 first[key] = sample
         return found
+
+    @cached_property
+    def unsafe_keys(self) -> dict[int, str]:
+        """{sample: why its key must never be read}, for keys with an absolute path or a `..` part:
+        worked out once per index, not at every read."""
+        return {sample: why for sample, key in enumerate(self.keys) if (why := unsafe_name(key))}
 
     def member(self, sample: int, ext: str) -> tuple[int, int] | None:
         """(offset, size) of `ext` for sample number `sample`, or None when the sample lacks it."""

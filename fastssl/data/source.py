@@ -9,7 +9,7 @@ from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from fastssl.data.index import ShardIndex, member_kind, read_index, unsafe_name
+from fastssl.data.index import ShardIndex, member_kind, read_index
 from fastssl.data.manifest import Manifest, ShardInfo, sha256_file
 from fastssl.errors import (
     ChecksumError,
@@ -232,9 +232,10 @@ class ByteSource:
                 shard=info.path,
                 key=key,
             )
-        why = unsafe_name(key)
-        if why is not None:
-            raise UnsafeMemberError(f"member name is {why}; refused", shard=info.path, key=key)
+        if sample in index.unsafe_keys:
+            raise UnsafeMemberError(
+                f"member name is {index.unsafe_keys[sample]}; refused", shard=info.path, key=key
+            )
         fd = self._fd(shard, info, key)
         members: dict[str, bytes] = {}
         for ext in exts or self.default_exts():
