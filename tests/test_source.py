@@ -16,7 +16,7 @@ import pytest
 
 import fastssl.data.source as source_module
 from fastssl.data.faults import small_jpeg
-from fastssl.data.index import build_index, write_index
+from fastssl.data.index import ShardIndex, build_index, write_index
 from fastssl.data.manifest import Manifest, ShardInfo
 from fastssl.data.plan import EpochPlan
 from fastssl.data.source import ByteSource, _header_matches, _parse_header
@@ -187,17 +187,24 @@ def test_copies_pickles_and_children_never_share_descriptors(shard_dir: Path):
     source.close()
 
 
-def test_long_member_names_in_ustar_prefix_are_matched(tmp_path: Path):
-    folder = "d" * 80 + "/" + "e" * 60
-    with tarfile.open(tmp_path / "long.tar", "w", format=tarfile.USTAR_FORMAT) as tar:
-        for name, data in ((f"{folder}/s1.jpg", b"one"), (f"{folder}/s2.jpg", b"two")):
+def _one_shard(tmp_path: Path, fmt: int, members: dict[str, bytes]) -> tuple[Manifest, ShardIndex]:
+    """A one-shard set `long.tar` (+ index, manifest without checksum) holding `members`."""
+    with tarfile.open(tmp_path / "long.tar", "w", format=fmt) as tar:
+        for name, data in members.items():
             info = tarfile.TarInfo(name)
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
     index = build_index(tmp_path / "long.tar")
     write_index(index, tmp_path / "long.idx")
-    info = ShardInfo("long.tar", "long.idx", 2, (tmp_path / "long.tar").stat().st_size, "")
-    with ByteSource(Manifest((info,), root=tmp_path)) as source:
+    info = ShardInfo("long.tar", "long.idx", len(index), (tmp_path / "long.tar").stat().st_size, "")
+    return Manifest((info,), root=tmp_path), index
+
+
+def test_long_member_names_in_ustar_prefix_are_matched(tmp_path: Path):
+    folder = "d" * 80 + "/" + "e" * 60
+    members = {f"{folder}/s1.jpg": b"one", f"{folder}/s2.jpg": b"two"}
+    manifest, _ = _one_shard(tmp_path, tarfile.USTAR_FORMAT, members)
+    with ByteSource(manifest) as source:
         assert source.read(0, 1, exts=("jpg",)).members["jpg"] == b"two"
 
 
@@ -229,19 +236,12 @@ def test_long_names_are_checked_whole_against_their_long_name_record(tmp_path: P
     """Two members whose 130-byte names share their first 120 bytes, and sizes: the header keeps
     100 bytes of each name, so only the long-name record tells them apart."""
     stem = "x" * 120
-    with tarfile.open(tmp_path / "long.tar", "w", format=fmt) as tar:
-        for name, data in ((f"{stem}_a.jpg", b"AAA"), (f"{stem}_b.jpg", b"BBB")):
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    index = build_index(tmp_path / "long.tar")
-    write_index(index, tmp_path / "long.idx")
-    info = ShardInfo("long.tar", "long.idx", 2, (tmp_path / "long.tar").stat().st_size, "")
-    with ByteSource(Manifest((info,), root=tmp_path)) as source:
+    manifest, index = _one_shard(tmp_path, fmt, {f"{stem}_a.jpg": b"AAA", f"{stem}_b.jpg": b"BBB"})
+    with ByteSource(manifest) as source:
         assert [source.read(0, i, exts=("jpg",)).members["jpg"] for i in (0, 1)] == [b"AAA", b"BBB"]
     text = (tmp_path / "long.idx").read_text()  # point sample a's .jpg at b's data
     a_at, b_at = index.member(0, "jpg")[0], index.member(1, "jpg")[0]
     (tmp_path / "long.idx").write_text(text.replace(f"jpg {a_at} 3", f"jpg {b_at} 3", 1))
-    with ByteSource(Manifest((info,), root=tmp_path)) as source, pytest.raises(IndexMismatchError) as err:
+    with ByteSource(manifest) as source, pytest.raises(IndexMismatchError) as err:
         source.read(0, 0, exts=("jpg",))
     assert f"gives '{stem}_b.jpg'" in str(err.value) and err.value.key == f"{stem}_a"
