@@ -30,9 +30,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fastssl.data.faults import plant_in_place
+from fastssl.data.faults import all_keys, plant_in_place
 from fastssl.data.manifest import Manifest
-from fastssl.data.source import ByteSource
 from fastssl.loader import SSLLoader
 
 
@@ -52,12 +51,6 @@ def live_rss_mb() -> float:
     with contextlib.suppress(OSError, AttributeError):  # not glibc: raw RSS it is
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     return rss_mb()
-
-
-def all_keys(root: Path) -> Counter:
-    manifest = Manifest.load(root)
-    with ByteSource(manifest) as source:
-        return Counter(k for s in range(len(manifest.shards)) for k in source.index(s).keys)
 
 
 def main() -> int:

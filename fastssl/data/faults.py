@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import os
 import tarfile
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -135,6 +136,14 @@ def _good_samples(shards: int, per_shard: int, seed: int) -> list[list[tuple[str
 def _cut(jpeg: bytes) -> bytes:
     """The JPEG cut two thirds into its bytes: the header intact, the scan data cut short."""
     return jpeg[: len(jpeg) * 2 // 3]
+
+
+def all_keys(root: str | Path) -> Counter:
+    """Every sample key of a shard set, with its count (a duplicated key counts twice): what an
+    epoch must cover, before the planted faults are taken away."""
+    manifest = Manifest.load(root)
+    with ByteSource(manifest) as source:
+        return Counter(key for shard in range(len(manifest.shards)) for key in source.index(shard).keys)
 
 
 def clean_shards(out: str | Path, *, shards: int = 3, per_shard: int = 8, seed: int = 0) -> Manifest:

@@ -10,9 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from fastssl.data.faults import FAULTS, PlantedFault, plant_fault
+from fastssl.data.faults import FAULTS, PlantedFault, all_keys, plant_fault
 from fastssl.data.manifest import Manifest
-from fastssl.data.source import ByteSource
 from fastssl.errors import DataError
 from fastssl.loader import SSLLoader
 from fastssl.recipes import SimCLR
@@ -30,12 +29,6 @@ def _loader(planted: PlantedFault, backend: tuple[str, str], **kw) -> SSLLoader:
     name, device = backend
     options = {"num_threads": 1, **planted.loader_options, **kw}
     return SSLLoader(planted.root, RECIPE, BATCH, backend=name, device=device, **options)
-
-
-def _all_keys(root: Path) -> Counter:
-    manifest = Manifest.load(root)
-    with ByteSource(manifest) as source:
-        return Counter(key for s in range(len(manifest.shards)) for key in source.index(s).keys)
 
 
 @pytest.mark.timeout(120)
@@ -68,7 +61,7 @@ def test_skip_counts_lists_and_covers_every_other_sample_once_on_two_ranks(plant
         for key, ok in zip(b["key"], b["valid"].tolist(), strict=True)
         if ok
     )
-    expected = _all_keys(planted.root) - Counter(key for _, key in planted.bad)
+    expected = all_keys(planted.root) - Counter(key for _, key in planted.bad)
     assert valid == expected
     assert Counter((s["shard"], s["key"]) for s in skipped) == Counter(planted.bad)
     assert all(planted.says in s["reason"] and s["epoch"] == 0 for s in skipped)
@@ -76,7 +69,7 @@ def test_skip_counts_lists_and_covers_every_other_sample_once_on_two_ranks(plant
 
 def test_every_fault_is_planted_where_it_says(planted) -> None:
     """The generator itself: the bad samples exist in the shard set's indexes."""
-    keys = _all_keys(planted.root)
+    keys = all_keys(planted.root)
     assert all(keys[key] >= 1 for _, key in planted.bad)
     assert sum(keys.values()) == 24
 
@@ -117,7 +110,7 @@ def test_a_bad_sample_that_also_pads_the_epoch_is_listed_once(tmp_path, backend)
                 valid.update(k for k, ok in zip(b["key"], b["valid"].tolist(), strict=True) if ok)
             skipped += loader.skipped
     assert [(s["shard"], s["key"]) for s in skipped] == list(planted.bad)
-    assert valid == _all_keys(planted.root) - Counter(key for _, key in planted.bad)
+    assert valid == all_keys(planted.root) - Counter(key for _, key in planted.bad)
 
 
 def test_checksums_are_checked_once_before_workers_start_and_need_a_manifest(tmp_path, monkeypatch) -> None:
