@@ -6,13 +6,15 @@ from __future__ import annotations
 import math
 import os
 import pickle
+import socket
+from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 from fastssl.train.backbones import BasicBlock, Bottleneck, ResNet, build_backbone
-from fastssl.train.checkpoint import load_checkpoint, save_checkpoint
+from fastssl.train.checkpoint import load_checkpoint, remove_stale_temporaries, save_checkpoint
 from fastssl.train.evaluate import knn_accuracy, linear_probe_accuracy, split_by_key
 from fastssl.train.losses import byol_regression, moco_infonce, nt_xent
 from fastssl.train.optim import LARS, cosine_momentum, warmup_cosine
@@ -92,6 +94,37 @@ def test_checkpoints_are_atomic_and_refuse_pickled_code(tmp_path):
     torch.save({"payload": os.system}, evil)
     with pytest.raises(pickle.UnpicklingError):
         load_checkpoint(evil)
+
+
+def test_a_failed_save_keeps_the_previous_checkpoint_and_no_temporary(tmp_path):
+    path = save_checkpoint(tmp_path / "checkpoint.pt", {"step": 1})
+    with pytest.raises(Exception):  # noqa: B017 - whatever torch.save raises for an unpicklable value
+        save_checkpoint(path, {"step": 2, "bad": (x for x in range(3))})
+    assert load_checkpoint(path)["step"] == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pt"]
+
+
+def test_stale_temporaries_of_dead_writers_on_this_host_are_removed_and_no_others(tmp_path):
+    path = tmp_path / "checkpoint.pt"
+    dead = int(Path("/proc/sys/kernel/pid_max").read_text()) + 1  # no process can hold it
+    host = socket.gethostname()
+    names = {
+        "dead": f".checkpoint.pt.tmp-{dead}@{host}",
+        "dead_without_host": f".checkpoint.pt.tmp-{dead}",  # the name used before hosts were recorded
+        "alive": f".checkpoint.pt.tmp-{os.getpid()}@{host}",
+        "elsewhere": f".checkpoint.pt.tmp-{dead}@another-host.example",
+        "foreign": ".checkpoint.pt.tmp-notes.txt",
+        "other_file": ".other.pt.tmp-1",
+    }
+    for name in names.values():
+        (tmp_path / name).write_bytes(b"partial")
+    removed, kept = remove_stale_temporaries(path)
+    assert sorted(p.name for p in removed) == sorted([names["dead"], names["dead_without_host"]])
+    left = {p.name for p in tmp_path.iterdir()}
+    assert left == {names["alive"], names["elsewhere"], names["foreign"], names["other_file"]}
+    assert len(kept) == 3 and any("another-host.example" in note for note in kept)
+    assert any(f"pid {os.getpid()}) is still running" in note for note in kept)
+    assert remove_stale_temporaries(tmp_path / "absent" / "checkpoint.pt") == ([], [])
 
 
 def test_probes_on_separable_and_random_features():

@@ -13,6 +13,7 @@ import json
 import os
 import random
 import signal
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -26,7 +27,7 @@ from torch import nn
 
 from fastssl.loader import SSLLoader
 from fastssl.train.backbones import build_backbone
-from fastssl.train.checkpoint import load_checkpoint, save_checkpoint
+from fastssl.train.checkpoint import load_checkpoint, remove_stale_temporaries, save_checkpoint
 from fastssl.train.distributed import world
 from fastssl.train.methods import METHODS, Method
 from fastssl.train.optim import build_optimizer, warmup_cosine
@@ -226,6 +227,15 @@ def _plot_loss(out: Path) -> Path | None:
     return out / "loss.png"
 
 
+def _clear_stale_temporaries(checkpoint: Path) -> None:
+    """Remove a killed writer's temporary checkpoints and say so on stderr, as they are the run's own."""
+    removed, kept = remove_stale_temporaries(checkpoint)
+    for path in removed:
+        print(f"fastssl: removed {path}, a temporary checkpoint whose writer was killed", file=sys.stderr)
+    for note in kept:
+        print(f"fastssl: kept {note}", file=sys.stderr)
+
+
 def pretrain(config: PretrainConfig) -> dict[str, Any]:
     """Run (or resume) a pretraining run; returns a summary (steps, last loss, rates, paths)."""
     device = _device(config.device)
@@ -233,6 +243,8 @@ def pretrain(config: PretrainConfig) -> dict[str, Any]:
     rank, size = world()
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
+    if rank == 0:  # the one writer of checkpoints clears what a killed writer left
+        _clear_stale_temporaries(out / CHECKPOINT)
     method = build_method(config)
     recipe = method.default_recipe(config.size)
     if config.recipe_options:
