@@ -4,7 +4,7 @@ the Numba kernel (`fastssl.kernels.tiles`) against torch advanced indexing, on t
 Usage: python benchmarks/bench_patches.py [--device cpu] [--batch-size 64] [--repeats 20] [--json out.json]
 
 The base views are random uint8 images of each recipe's view size; the draws come from
-`fastssl.patch_sampling` as in the loader. Prints milliseconds per batch and the torch/Numba ratio
+`fastssl.host.patch_params` as in the loader. Prints milliseconds per batch and the torch/Numba ratio
 (the engine `PatchViews` picks by default on the CPU is the faster one here).
 """
 
@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from fastssl.pipelines.patch_views import PatchViews
 
-from fastssl.patch_sampling import sample_patch_params
+from fastssl.host.patch_params import sample_patch_params
 from fastssl.recipes import ContextPrediction, Jigsaw, JigsawPP, PatchGrid
 
 

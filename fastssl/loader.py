@@ -21,7 +21,7 @@ from fastssl.data.manifest import Manifest, ShardInfo
 from fastssl.data.plan import EpochPlan, PlanState
 from fastssl.data.remote import fetch_shard, url_scheme
 from fastssl.data.source import ByteSource
-from fastssl.feed import BatchReader, HostBatch, OnError
+from fastssl.host.reader import BatchReader, HostBatch, OnError
 from fastssl.recipes import PatchRecipe, Recipe, get_recipe
 
 Backend = Literal["auto", "dali", "kornia"]

@@ -2,7 +2,7 @@
 one resize (crop + flip through the ROI), one colour pass, blur, solarize, rotation and normalise.
 
 Inputs arrive through `fn.external_source` (batch mode) from the epoch plan, with every random
-parameter sampled per sample on the host (`fastssl.sampling`) and passed as per-sample argument
+parameter sampled per sample on the host (`fastssl.host.params`) and passed as per-sample argument
 inputs; blur and solarize run under per-sample conditionals, so only the samples that drew them pay.
 `device="cpu"` runs with `device_id=None`; `device="gpu"` decodes with nvJPEG (`mixed`).
 """
@@ -26,7 +26,7 @@ from nvidia.dali.plugin.pytorch import feed_ndarray
 from PIL import Image
 
 from fastssl.errors import DecodeError, WorkerError
-from fastssl.feed import BatchReader, HostBatch
+from fastssl.host.reader import BatchReader, HostBatch
 from fastssl.recipes import Recipe, ViewSpec
 
 

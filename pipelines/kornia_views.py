@@ -24,7 +24,7 @@ from kornia.filters import gaussian_blur2d
 from PIL import Image
 
 from fastssl.errors import DataError, DecodeError, WorkerError
-from fastssl.feed import BatchReader, HostBatch
+from fastssl.host.reader import BatchReader, HostBatch
 from fastssl.recipes import Recipe
 
 _PLACEHOLDER_VALUE = 120  # mid-gray view for a sample skipped at decode time

@@ -2,7 +2,7 @@
 and shape them for the task (jigsaw order, Jigsaw++ foreign tiles, context pair, CPC grid).
 
 Both view backends (DALI and Kornia) deliver the base view; this stage is shared, so every backend
-gives the same layout. It turns the raw draws of `fastssl.patch_sampling` into a gather plan (which
+gives the same layout. It turns the raw draws of `fastssl.host.patch_params` into a gather plan (which
 image and cell each output position takes, and each channel's corner) and gathers with the Numba
 kernel on the CPU (`fastssl.kernels.tiles`, measured faster there: `benchmarks/bench_patches.py`)
 or with torch indexing on a GPU.

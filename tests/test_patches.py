@@ -15,10 +15,10 @@ from scipy import stats
 from fastssl import SSLLoader
 from fastssl.data.demo import build_demo_corpus
 from fastssl.data.writer import write_shards
-from fastssl.patch_sampling import sample_patch_params
+from fastssl.host.params import sample_params
+from fastssl.host.patch_params import sample_patch_params
 from fastssl.recipes import RECIPES, ContextPrediction, Jigsaw, JigsawPP, PatchGrid, PatchSpec, get_recipe
 from fastssl.recipes.patches import NEIGHBOURS
-from fastssl.sampling import sample_params
 
 N = 4000
 IMAGES = 6
@@ -329,7 +329,7 @@ def test_numba_and_torch_engines_give_the_same_tiles(recipe, device):
 def test_a_sample_found_undecodable_lends_no_tile_and_both_backends_agree(photo_shards):
     from fastssl.data.manifest import Manifest
     from fastssl.data.plan import EpochPlan
-    from fastssl.feed import BatchReader
+    from fastssl.host.reader import BatchReader
 
     manifest = Manifest.load(photo_shards)
     plan = EpochPlan(manifest, epoch=0, seed=0, batch_size=12, world_size=1, rank=0)

@@ -8,8 +8,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import stats
 
+from fastssl.host.params import sample_params
 from fastssl.recipes import BYOL, MoCoV2, MultiCrop, Rotation, SimCLR
-from fastssl.sampling import sample_params
 
 N = 4000
 

@@ -2,7 +2,7 @@
 
 A recipe is data. It says what each view is (crop, flip, colour jitter, grayscale, blur, solarize,
 rotation, output size, normalisation) and nothing about how to compute it; every backend in
-`fastssl.pipelines` compiles the same recipe, and `fastssl.sampling` samples its random parameters.
+`fastssl.pipelines` compiles the same recipe, and `fastssl.host.params` samples its random parameters.
 
 One naming scheme runs across recipes: `size`, `scale`, `ratio`, `p_flip`, `jitter` (brightness,
 contrast, saturation, hue), `p_jitter`, `p_gray`, `p_blur`, `blur_sigma`, `p_solarize`, `mean`, `std`.

@@ -18,7 +18,7 @@ import pytest
 
 from fastssl.data.faults import clean_shards
 from fastssl.errors import WorkerError
-from fastssl.feed import BatchReader
+from fastssl.host.reader import BatchReader
 from fastssl.loader import SSLLoader
 from fastssl.recipes import SimCLR
 from fastssl.train.checkpoint import load_checkpoint

@@ -12,8 +12,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from fastssl.host.params import uniforms
 from fastssl.recipes.patches import ContextPrediction, Jigsaw, JigsawPP, PatchRecipe
-from fastssl.sampling import uniforms
 
 PATCH_STREAM = 1 << 20  # uniform stream of the patch draws, apart from the views' streams 0, 1, ...
 

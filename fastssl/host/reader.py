@@ -4,13 +4,14 @@ Both backends start from a `HostBatch`: the DALI backend feeds it to `fn.externa
 main thread, the Kornia backend builds it inside its decode workers. It holds everything except
 pixels: encoded bytes, source sizes (read from the image header, which also enforces the pixel
 limit before anything is decoded), labels, keys, the plan's `valid` flags and each view's sampled
-parameters (`fastssl.sampling`).
+parameters (`fastssl.host.params`).
 """
 
 from __future__ import annotations
 
 import io
 from dataclasses import dataclass, field
+from time import perf_counter
 from typing import Literal
 
 import numpy as np
@@ -22,9 +23,9 @@ from fastssl.data.manifest import Manifest
 from fastssl.data.plan import EpochPlan
 from fastssl.data.source import ByteSource
 from fastssl.errors import DataError, DecodeError
-from fastssl.patch_sampling import sample_patch_params
+from fastssl.host.params import sample_params
+from fastssl.host.patch_params import sample_patch_params
 from fastssl.recipes import PatchRecipe, Recipe
-from fastssl.sampling import sample_params
 
 OnError = Literal["raise", "skip"]
 
@@ -41,7 +42,7 @@ PLACEHOLDER = _placeholder_jpeg()  # stands in for a skipped sample so batch sha
 @dataclass
 class HostBatch:
     """One batch before decoding. `params` holds one dict of NumPy arrays per view; `patch` the
-    patch-grid draws of patch recipes (`fastssl.patch_sampling`), else None."""
+    patch-grid draws of patch recipes (`fastssl.host.patch_params`), else None."""
 
     number: int
     jpegs: list[np.ndarray]
@@ -73,6 +74,7 @@ class BatchReader:
         max_pixels: int = DEFAULT_MAX_PIXELS,
         verify_checksums: bool = False,
         source: ByteSource | None = None,
+        timings: dict[str, float] | None = None,
     ) -> None:
         if on_error not in ("raise", "skip"):
             raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
@@ -84,6 +86,8 @@ class BatchReader:
         self.source = source or ByteSource(manifest, verify_checksums=verify_checksums)
         # (shard, key) of samples found undecodable under on_error="skip": fed as a placeholder
         self.substitute: set[tuple[str, str]] = set()
+        # seconds spent per stage, summed over batches, when given (fastssl bench --profile)
+        self.timings = timings
 
     def __call__(self, number: int) -> HostBatch:
         entries = self.plan.batch(number)
@@ -94,6 +98,8 @@ class BatchReader:
         labels = np.full(n, -1, np.int64) if self.labelled else None
         valid = entries.valid.copy()
         keys, shards, skipped = [], [], []
+        timed = self.timings is not None
+        stages = dict.fromkeys(("read", "checks", "labels"), 0.0)
         for i in range(n):
             shard, sample = int(entries.shard[i]), int(entries.sample[i])
             shard_name = self.source.manifest.shards[shard].path
@@ -101,12 +107,19 @@ class BatchReader:
             try:
                 if (shard_name, key) in self.substitute:
                     raise DecodeError("cannot decode image", shard=shard_name, key=key)
+                t0 = perf_counter()
                 got = self.source.read(shard, sample, exts)
+                t1 = perf_counter()
                 heights[i], widths[i] = check_image(
                     got.members["jpg"], max_pixels=self.max_pixels, shard=got.shard, key=got.key
                 )
+                t2 = perf_counter()
                 if labels is not None:
                     labels[i] = parse_label(got.members["cls"], shard=got.shard, key=got.key)
+                if timed:
+                    stages["read"] += t1 - t0
+                    stages["checks"] += t2 - t1
+                    stages["labels"] += perf_counter() - t2
                 jpegs.append(np.frombuffer(got.members["jpg"], dtype=np.uint8))
             except DataError as err:
                 if self.on_error == "raise":
@@ -120,6 +133,7 @@ class BatchReader:
                 valid[i] = False
             keys.append(key)
             shards.append(shard_name)
+        t0 = perf_counter()
         params = sample_params(
             self.recipe,
             seed=self.plan.seed,
@@ -131,6 +145,10 @@ class BatchReader:
         batch = HostBatch(number, jpegs, heights, widths, keys, shards, labels, valid, params, skipped)
         batch.sample_ids = np.asarray(entries.global_id, dtype=np.int64)
         self.draw_patches(batch)
+        if timed:
+            stages["params"] = perf_counter() - t0
+            for name, value in stages.items():
+                self.timings[name] = self.timings.get(name, 0.0) + value
         return batch
 
     def draw_patches(self, batch: HostBatch) -> None:

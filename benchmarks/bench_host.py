@@ -1,0 +1,84 @@
+"""The host side alone: what building one batch's DALI inputs costs per sample, with its wall-clock split.
+
+One process, one thread, no decoding: `BatchReader(number)` (bytes, header checks, labels, parameter
+draws) and `pack_inputs` (the external_source columns) for every batch of an epoch, SimCLR with labels.
+The split times each stage with `time.perf_counter` around it (read, checks, labels, parameters,
+packing); the total is measured without the timers. Median of `--repeats` epochs.
+
+Usage: python benchmarks/bench_host.py [DATA=demo_out/shards] [--batch-size 256] [--repeats 5]
+       [--json OUT.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+from fastssl.pipelines.dali_views import pack_inputs
+
+from fastssl.data.manifest import Manifest
+from fastssl.data.plan import EpochPlan
+from fastssl.host.reader import BatchReader
+from fastssl.recipes import get_recipe
+
+
+def _epoch(reader: BatchReader, recipe, batches: int) -> float:
+    start = time.perf_counter()
+    for number in range(batches):
+        pack_inputs(recipe, reader(number))
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("data", nargs="?", type=Path, default=Path("demo_out/shards"))
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--recipe", default="simclr")
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    manifest = Manifest.load(args.data)
+    if manifest.classes is None:
+        parser.error(f"{args.data} is unlabelled; the benchmark measures SimCLR with labels")
+    recipe = get_recipe(args.recipe)
+    totals, splits = [], []
+    for repeat in range(args.repeats + 1):  # the first epoch warms caches and compiles: not counted
+        plan = EpochPlan(manifest, epoch=repeat, seed=0, batch_size=args.batch_size, world_size=1, rank=0)
+        reader = BatchReader(manifest, plan, recipe)
+        samples = len(plan.entries.shard)
+        total = _epoch(reader, recipe, len(plan))
+        reader = BatchReader(manifest, plan, recipe, timings={})
+        timed = time.perf_counter()
+        for number in range(len(plan)):
+            batch = reader(number)
+            start = time.perf_counter()
+            pack_inputs(recipe, batch)
+            reader.timings["pack"] = reader.timings.get("pack", 0.0) + time.perf_counter() - start
+        timed = time.perf_counter() - timed
+        reader.source.close()
+        if repeat:
+            totals.append(total / samples * 1e6)
+            splits.append({k: v / samples * 1e6 for k, v in reader.timings.items()})
+    median = statistics.median(totals)
+    split = {k: statistics.median(s[k] for s in splits) for k in splits[0]}
+    print(
+        f"host side, {args.recipe} with labels, batch {args.batch_size}, {samples} samples from {args.data}, "
+        f"median of {args.repeats} epochs:"
+    )
+    runs = ", ".join(f"{t:.1f}" for t in totals)
+    print(f"  total                    {median:8.2f} us/sample   (runs: {runs})")
+    for name, value in split.items():
+        print(f"  {name:<24} {value:8.2f} us/sample   {value / sum(split.values()):6.1%}")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        result = {"us_per_sample": median, "runs": totals, "split_us_per_sample": split,
+                  "batch_size": args.batch_size, "samples": samples, "recipe": args.recipe}  # fmt: skip
+        args.json.write_text(json.dumps(result, indent=2) + "\n")
+        print(f"wrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()
