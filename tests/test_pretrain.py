@@ -82,47 +82,56 @@ def _keys_by_step(run: Path) -> dict[int, list[str]]:
     return steps
 
 
-def _impossible_pid() -> int:
-    """A pid no process can have (above the kernel's pid_max): a writer that is certainly gone."""
-    return int(Path("/proc/sys/kernel/pid_max").read_text()) + 1
+# `fastssl pretrain` that SIGKILLs itself halfway through writing the checkpoint of step KILL_AT: what
+# a kill landing inside torch.save leaves, at a moment the test chooses instead of one it races for.
+KILLED_MID_SAVE = """
+import os, signal, sys
+import torch
+import fastssl.train.checkpoint as checkpoint
+from fastssl.cli import main
+
+real_save, kill_at = torch.save, int(os.environ["KILL_AT"])
+
+def save(state, f, *args, **kwargs):
+    if state.get("step") == kill_at:
+        with open(f, "wb") as partial:
+            partial.write(b"PK")  # the start of a zip archive, and no more
+            partial.flush()
+        os.kill(os.getpid(), signal.SIGKILL)
+    return real_save(state, f, *args, **kwargs)
+
+checkpoint.torch.save = save
+sys.exit(main(sys.argv[1:]))
+"""
 
 
-def test_sigkill_mid_epoch_then_resume_continues_the_same_stream(shards, tmp_path):
-    base = [sys.executable, "-m", "fastssl.cli", "pretrain", str(shards), "--method", "simclr",
-            "--epochs", "2", "--log-keys", "--checkpoint-every", "2", "--workers", "1", *SMALL]  # fmt: skip
+def test_sigkill_mid_save_then_resume_removes_the_temporary_and_continues_the_same_stream(shards, tmp_path):
+    args = ["pretrain", str(shards), "--method", "simclr", "--epochs", "2", "--log-keys",
+            "--checkpoint-every", "2", "--workers", "1", *SMALL]  # fmt: skip
     whole = tmp_path / "whole"
-    assert subprocess.run([*base, "--out", str(whole)], env=_env(), timeout=300).returncode == 0
+    cli = [sys.executable, "-m", "fastssl.cli"]
+    assert subprocess.run([*cli, *args, "--out", str(whole)], env=_env(), timeout=300).returncode == 0
     broken = tmp_path / "broken"
-    process = subprocess.Popen([*base, "--out", str(broken)], env=_env())
-    keys = broken / "keys-rank0.jsonl"
-    deadline = time.monotonic() + 240
-    while time.monotonic() < deadline and process.poll() is None:
-        if keys.exists() and len(keys.read_text().splitlines()) >= 5:  # mid first epoch (6 steps)
-            break
-        time.sleep(0.05)
-    process.send_signal(signal.SIGKILL)  # it may land inside a checkpoint write: nothing runs after it
-    process.wait(timeout=30)
-    assert process.returncode == -signal.SIGKILL, "the run ended before it could be killed"
-    killed_at = load_checkpoint(broken / "checkpoint.pt")["step"]  # the final name always loads
-    assert killed_at in (4, 6)
-    # What a kill during torch.save leaves, planted so that every run of the test sees it: a partial
-    # checkpoint of a dead writer; and one whose writer is alive (this process), which must stay.
-    host = socket.gethostname()
-    partial = (broken / "checkpoint.pt").read_bytes()[:1000]
-    stale = broken / f".checkpoint.pt.tmp-{_impossible_pid()}@{host}"
-    live = broken / f".checkpoint.pt.tmp-{os.getpid()}@{host}"
-    stale.write_bytes(partial)
-    live.write_bytes(partial)
+    killed = subprocess.run(
+        [sys.executable, "-c", KILLED_MID_SAVE, *args, "--out", str(broken)],
+        env={**_env(), "KILL_AT": "6"}, timeout=300,
+    )  # fmt: skip
+    assert killed.returncode == -signal.SIGKILL
+    assert load_checkpoint(broken / "checkpoint.pt")["step"] == 4  # the final name holds the last whole one
+    (left,) = broken.glob(".checkpoint.pt.tmp*")  # the kill's leftover: its writer is dead
+    live = broken / f".checkpoint.pt.tmp-{os.getpid()}@{socket.gethostname()}"  # a writer still running
+    live.write_bytes(b"PK")
     resumed = subprocess.run(
-        [*base, "--out", str(broken), "--resume"], env=_env(), timeout=300, capture_output=True, text=True
-    )
+        [*cli, *args, "--out", str(broken), "--resume"],
+        env=_env(), timeout=300, capture_output=True, text=True,
+    )  # fmt: skip
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert f"removed {stale}, a temporary checkpoint whose writer was killed" in resumed.stderr
+    assert f"removed {left}, a temporary checkpoint whose writer was killed" in resumed.stderr
     assert f"kept {live}: its writer (pid {os.getpid()}) is still running" in resumed.stderr
-    assert list(broken.glob(".checkpoint.pt.tmp*")) == [live]  # also whatever the kill itself left
+    assert list(broken.glob(".checkpoint.pt.tmp*")) == [live]
     expected, got = _keys_by_step(whole), _keys_by_step(broken)
     assert sorted(expected) == sorted(got) == list(range(1, 13))
-    assert all(got[s] == expected[s] for s in range(killed_at + 1, 13)), "resumed stream differs"
+    assert all(got[s] == expected[s] for s in range(5, 13)), "resumed stream differs"
     final_whole = load_checkpoint(whole / "checkpoint.pt")["model"]
     final_resumed = load_checkpoint(broken / "checkpoint.pt")["model"]
     for name, value in final_whole.items():
@@ -149,7 +158,7 @@ def test_eval_command_reports_knn_and_linear_against_random_init(shards, tmp_pat
 def test_ctrl_c_stops_at_a_step_boundary_with_a_valid_checkpoint(shards, tmp_path):
     run = tmp_path / "interrupted"
     command = [sys.executable, "-m", "fastssl.cli", "pretrain", str(shards), "--out", str(run),
-               "--epochs", "3", "--log-keys", "--workers", "1", *SMALL]  # fmt: skip
+               "--epochs", "100", "--log-keys", "--workers", "1", *SMALL]  # fmt: skip
     process = subprocess.Popen(command, env=_env(), stderr=subprocess.PIPE, text=True)
     keys = run / "keys-rank0.jsonl"
     deadline = time.monotonic() + 240
@@ -167,7 +176,7 @@ def test_ctrl_c_stops_at_a_step_boundary_with_a_valid_checkpoint(shards, tmp_pat
     resumed = subprocess.run(
         [*command, "--resume", "--epochs", "2"], env=_env(), capture_output=True, text=True
     )
-    assert resumed.returncode == 2 and "epochs 3 -> 2" in resumed.stderr
+    assert resumed.returncode == 2 and "epochs 100 -> 2" in resumed.stderr
 
 
 def test_moco_queue_takes_the_newest_keys_when_a_batch_outgrows_it():

@@ -4,6 +4,7 @@ pickled code in a checkpoint, and decompression bombs, refused on every reader a
 from __future__ import annotations
 
 import io
+import os
 import pickle
 import subprocess
 import sys
@@ -28,6 +29,9 @@ from fastssl.recipes import SimCLR
 from fastssl.train.checkpoint import load_checkpoint, save_checkpoint
 
 RECIPE = SimCLR(size=24)
+# where an absolute member name would land if extracted: a name of this run only, so that a leftover of
+# another run or checkout cannot fail the check
+ESCAPED = f"/tmp/fastssl-escaped-{os.getpid()}.jpg"
 
 
 def _entry(name: str, kind: bytes, target: str = "") -> tarfile.TarInfo:
@@ -37,7 +41,7 @@ def _entry(name: str, kind: bytes, target: str = "") -> tarfile.TarInfo:
 
 
 HOSTILE = {
-    "absolute_path": (_entry("/tmp/fastssl-escaped.jpg", tarfile.REGTYPE), "an absolute path"),
+    "absolute_path": (_entry(ESCAPED, tarfile.REGTYPE), "an absolute path"),
     "dot_dot": (_entry("../fastssl-escaped.jpg", tarfile.REGTYPE), "'..' path component"),
     "symlink": (_entry("evil.jpg", tarfile.SYMTYPE, "/etc/passwd"), "symbolic link"),
     "hardlink": (_entry("evil.jpg", tarfile.LNKTYPE, "good_000.jpg"), "hard link"),
@@ -77,7 +81,7 @@ def test_indexing_refuses_hostile_members_and_writes_nothing(kind, tmp_path, mon
     )
     assert cli.returncode != 0 and says in cli.stderr
     assert sorted(tmp_path.rglob("*")) == before  # no index, nothing extracted
-    assert not Path("/tmp/fastssl-escaped.jpg").exists()
+    assert not Path(ESCAPED).exists()
 
 
 def _shards_with_index_pointing_at(tmp_path: Path, entry: tarfile.TarInfo) -> tuple[Path, str]:
