@@ -21,6 +21,7 @@ from fastssl.pipelines.dali_views import pack_inputs
 
 from fastssl.data.manifest import Manifest
 from fastssl.data.plan import EpochPlan
+from fastssl.data.source import ByteSource
 from fastssl.host.reader import BatchReader
 from fastssl.recipes import get_recipe
 
@@ -45,12 +46,13 @@ def main() -> None:
         parser.error(f"{args.data} is unlabelled; the benchmark measures SimCLR with labels")
     recipe = get_recipe(args.recipe)
     totals, splits = [], []
+    source = ByteSource(manifest)  # one for the run, as SSLLoader keeps one for its life
     for repeat in range(args.repeats + 1):  # the first epoch warms caches and compiles: not counted
         plan = EpochPlan(manifest, epoch=repeat, seed=0, batch_size=args.batch_size, world_size=1, rank=0)
-        reader = BatchReader(manifest, plan, recipe)
+        reader = BatchReader(manifest, plan, recipe, source=source)
         samples = len(plan.entries.shard)
         total = _epoch(reader, recipe, len(plan))
-        reader = BatchReader(manifest, plan, recipe, timings={})
+        reader = BatchReader(manifest, plan, recipe, source=source, timings={})
         timed = time.perf_counter()
         for number in range(len(plan)):
             batch = reader(number)
@@ -58,7 +60,6 @@ def main() -> None:
             pack_inputs(recipe, batch)
             reader.timings["pack"] = reader.timings.get("pack", 0.0) + time.perf_counter() - start
         timed = time.perf_counter() - timed
-        reader.source.close()
         if repeat:
             totals.append(total / samples * 1e6)
             splits.append({k: v / samples * 1e6 for k, v in reader.timings.items()})

@@ -50,27 +50,26 @@ def view_inputs(spec: ViewSpec) -> tuple[str, ...]:
     )
 
 
-def pack_inputs(recipe: Recipe, batch: HostBatch) -> tuple[list[Any], ...]:
-    """The external_source outputs for one batch: the JPEGs, then `view_inputs` of every view."""
-    columns: list[list[Any]] = [batch.jpegs]
+def pack_inputs(recipe: Recipe, batch: HostBatch) -> tuple[Any, ...]:
+    """The external_source outputs for one batch: the JPEGs (a list: they differ in length), then
+    `view_inputs` of every view, each one dense (B, ...) array rather than B small ones."""
+    columns: list[Any] = [batch.jpegs]
     for spec, params in zip(recipe.graph_views(), batch.params, strict=True):
         names = view_inputs(spec)
-        top, left, height, width = (params["crop"][:, k].astype(np.float32) for k in range(4))
-        flip = params["flip"]
+        crop = params["crop"].astype(np.float32)
+        top, left, height, width = crop[:, 0], crop[:, 1], crop[:, 2], crop[:, 3]
         # DALI's resize flips a dimension whose ROI end lies before its start.
-        x0 = np.where(flip, left + width, left)
-        x1 = np.where(flip, left, left + width)
-        starts = np.stack([top, x0], axis=1)
-        ends = np.stack([top + height, x1], axis=1)
-        columns += [list(starts), list(ends)]
+        flip = params["flip"]
+        starts = np.stack([top, np.where(flip, left + width, left)], axis=1)
+        ends = np.stack([top + height, np.where(flip, left, left + width)], axis=1)
+        columns += [starts, ends]
         if "matrix" in names:
-            mats, vs, ws = colour_transform(params["jitter"], params["jitter_order"], params["gray"])
-            columns += [list(mats), list(vs), list(ws)]
+            columns += list(colour_transform(params["jitter"], params["jitter_order"], params["gray"]))
         if "blur" in names:
-            columns.append([np.array(b) for b in params["blur"]])
-            columns.append([np.array(max(s, 1e-3), dtype=np.float32) for s in params["blur_sigma"]])
+            columns.append(np.ascontiguousarray(params["blur"]))
+            columns.append(np.maximum(params["blur_sigma"], np.float32(1e-3)).astype(np.float32))
         if "solarize" in names:
-            columns.append([np.array(b) for b in params["solarize"]])
+            columns.append(np.ascontiguousarray(params["solarize"]))
     return tuple(columns)
 
 

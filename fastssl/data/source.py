@@ -1,4 +1,6 @@
-"""Read a planned sample's encoded bytes from its shard with one positional read through the index."""
+"""Read planned samples' encoded bytes from their shards through the index: one positional read per
+sample (`read`), or a whole batch in one compiled loop with its headers checked in one pass
+(`read_batch`)."""
 
 from __future__ import annotations
 
@@ -9,8 +11,11 @@ from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+import numpy as np
+
 from fastssl.data.index import ShardIndex, member_kind, read_index
 from fastssl.data.manifest import Manifest, ShardInfo, sha256_file
+from fastssl.data.sample_table import BatchBytes, SampleTable
 from fastssl.errors import (
     ChecksumError,
     DuplicateKeyError,
@@ -128,10 +133,15 @@ class ByteSource:
         self._bad_index: dict[int, ShardError] = {}  # shard -> why its index is unusable
         self._fds: OrderedDict[int, int] = OrderedDict()
         self._pid = os.getpid()
+        self._table: SampleTable | None = None  # built by the first read_batch
+        self._fd_of = np.full(len(manifest.shards), -1, np.int32)  # mirrors _fds, for batched reads
+        self._buffers = _BufferPool()
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
         state["_fds"] = OrderedDict()  # descriptors are per process and per instance
+        state["_fd_of"] = np.full(len(self.manifest.shards), -1, np.int32)
+        state["_buffers"] = _BufferPool()
         return state
 
     def __setstate__(self, state: dict) -> None:
@@ -195,6 +205,7 @@ class ByteSource:
     def _fd(self, shard: int, info: ShardInfo, key: str | None = None) -> int:
         if self._pid != os.getpid():  # forked: the inherited descriptors belong to the parent
             self._fds, self._pid = OrderedDict(), os.getpid()
+            self._fd_of[:] = -1
         if shard in self._fds:
             self._fds.move_to_end(shard)
             return self._fds[shard]
@@ -208,8 +219,11 @@ class ByteSource:
         except OSError as err:
             raise ShardError(f"cannot open shard: {err.strerror}", shard=info.path, key=key) from err
         self._fds[shard] = fd
+        self._fd_of[shard] = fd
         while len(self._fds) > self.max_open:
-            os.close(self._fds.popitem(last=False)[1])
+            evicted, old = self._fds.popitem(last=False)
+            self._fd_of[evicted] = -1
+            os.close(old)
         return fd
 
     def read(self, shard: int, sample: int, exts: tuple[str, ...] | None = None) -> SampleBytes:
@@ -248,6 +262,80 @@ class ByteSource:
                 )
             members[ext] = self._read_member(fd, info, key, ext, *where)
         return SampleBytes(info.path, key, members)
+
+    def read_batch(self, shards: np.ndarray, samples: np.ndarray, exts: tuple[str, ...]) -> BatchBytes:
+        """The members `exts` of every (shards[i], samples[i]) in one buffer, each tar header checked
+        against the index in the same pass (`fastssl.kernels.tar_members`).
+
+        Positions the batched read cannot vouch for are marked `slow` and left out of the buffer: a
+        shard whose index or file is unusable, a refused key, a missing member, a header that does not
+        match, a short read, or a case only `read` handles (long names, ustar prefixes). `read` of such
+        a position gives its bytes or raises the exact error it always did. No Python runs per sample
+        here except where a shard is seen for the first time."""
+        from fastssl.kernels.tar_members import TAR_BLOCK, check_headers, read_members
+
+        shards = np.asarray(shards, np.int64)
+        samples = np.asarray(samples, np.int64)
+        n, width = len(shards), len(exts)
+        if self._table is None:
+            self._table = SampleTable(self.manifest.shard_sizes)
+        table = self._table
+        if self._pid != os.getpid():
+            self._fds, self._pid = OrderedDict(), os.getpid()
+            self._fd_of[:] = -1
+        distinct = np.unique(shards)
+        unusable = np.zeros(len(self.manifest.shards), np.bool_)
+        for shard in distinct[~table.loaded[distinct]]:
+            try:
+                table.add(int(shard), self.index(int(shard)))
+            except ShardError:
+                unusable[shard] = True
+        closed = distinct[(self._fd_of[distinct] < 0) & ~unusable[distinct]]
+        if len(closed):
+            self.max_open = max(self.max_open, len(distinct))  # every file of one batch open at once
+            for shard in closed:
+                try:
+                    self._fd(int(shard), self._info(int(shard)))
+                except ShardError:
+                    unusable[shard] = True
+        counts = table.first[shards + 1] - table.first[shards]
+        known = table.loaded[shards] & (samples >= 0) & (samples < counts)  # its index gives its key
+        gid = np.where(known, table.first[shards] + samples, 0)
+        slow = unusable[shards] | ~known | table.refused[gid]
+        offsets = np.empty((n, width), np.int64)
+        sizes = np.empty((n, width), np.int64)
+        for j, ext in enumerate(exts):
+            column_offsets, column_sizes = table.columns(ext)
+            offsets[:, j], sizes[:, j] = column_offsets[gid], column_sizes[gid]
+        slow |= (offsets < TAR_BLOCK).any(axis=1)
+        lengths = np.where(slow[:, None], 0, sizes + TAR_BLOCK)
+        ends = np.cumsum(lengths.ravel())
+        at = (ends - lengths.ravel()).reshape(n, width)
+        buf = self._buffers.take(int(ends[-1]) if len(ends) else 0)
+        fds = np.repeat(self._fd_of[shards].astype(np.int64), width).reshape(n, width)
+        fast = ~slow
+        got = read_members(
+            fds[fast].ravel(),
+            (offsets[fast] - TAR_BLOCK).ravel(),
+            lengths[fast].ravel(),
+            buf,
+            at[fast].ravel(),
+        )
+        suffixes = np.zeros((width, 16), np.uint8)
+        for j, ext in enumerate(exts):
+            dotted = ("." + ext).encode("utf-8", "surrogateescape")[:16]
+            suffixes[j, : len(dotted)] = np.frombuffer(dotted, np.uint8)
+        rows = np.repeat(np.arange(width)[None, :], n, axis=0)[fast].ravel()
+        member_gid = np.repeat(gid, width).reshape(n, width)[fast].ravel()
+        ok = (got == lengths[fast].ravel()) & check_headers(
+            buf, at[fast].ravel(), sizes[fast].ravel(), table.names, table.name_at[member_gid],
+            table.name_len[member_gid], suffixes[rows],
+        )  # fmt: skip
+        slow[np.flatnonzero(fast)[~ok.reshape(-1, width).all(axis=1)]] = True
+        keys = table.keys[gid]
+        keys[~known] = [f"#{sample}" for sample in samples[~known].tolist()]  # the read says what is wrong
+        keys = keys.tolist()
+        return BatchBytes(buf, at + TAR_BLOCK, sizes, slow, keys)
 
     @staticmethod
     def _read_member(fd: int, info: ShardInfo, key: str, ext: str, offset: int, size: int) -> bytes:
@@ -300,6 +388,7 @@ class ByteSource:
     def close(self) -> None:
         """Close every shard file this instance opened in this process."""
         fds, self._fds = self._fds, OrderedDict()
+        self._fd_of[:] = -1
         if self._pid == os.getpid():
             for fd in fds.values():
                 os.close(fd)
@@ -314,3 +403,24 @@ class ByteSource:
         # At interpreter shutdown `os` may already be gone; nothing useful to report then.
         with contextlib.suppress(Exception):
             self.close()
+
+
+class _BufferPool:
+    """Batch buffers used again once nothing refers to them (no view of one is alive), so that a
+    batch of encoded images does not fault in fresh pages every time. Holds at most `keep`."""
+
+    def __init__(self, keep: int = 16) -> None:
+        self.keep = keep
+        self._free: list[np.ndarray] = []
+
+    def take(self, size: int) -> np.ndarray:
+        import sys
+
+        # a buffer only the pool refers to: the list, the loop variable and getrefcount's argument
+        for buffer in self._free:
+            if len(buffer) >= size and sys.getrefcount(buffer) <= 3:
+                return buffer[:size] if len(buffer) > size else buffer
+        buffer = np.empty(max(size, 1), np.uint8)
+        if len(self._free) < self.keep:
+            self._free.append(buffer)
+        return buffer[:size] if len(buffer) > size else buffer

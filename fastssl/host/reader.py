@@ -1,4 +1,7 @@
-"""Host side of a batch: read its samples' bytes, check their headers, sample the views' parameters.
+"""Host side of a batch: read its samples' bytes, check their headers, sample the views' parameters,
+per batch: one compiled read of every member with its tar header checked, one compiled pass for
+the JPEG header facts and one for the labels; only samples those passes leave in doubt (bad data,
+unusual files) take the per-sample path, whose errors name shard, key and cause.
 
 Both backends start from a `HostBatch`: the DALI backend feeds it to `fn.external_source` from the
 main thread, the Kornia backend builds it inside its decode workers. It holds everything except
@@ -25,6 +28,8 @@ from fastssl.data.source import ByteSource
 from fastssl.errors import DataError, DecodeError
 from fastssl.host.params import sample_params
 from fastssl.host.patch_params import sample_patch_params
+from fastssl.kernels.jpeg_header import OK, jpeg_facts
+from fastssl.kernels.labels import parse_labels
 from fastssl.recipes import PatchRecipe, Recipe
 
 OnError = Literal["raise", "skip"]
@@ -37,6 +42,7 @@ def _placeholder_jpeg() -> bytes:
 
 
 PLACEHOLDER = _placeholder_jpeg()  # stands in for a skipped sample so batch shapes never change
+_PLACEHOLDER_ARRAY = np.frombuffer(PLACEHOLDER, dtype=np.uint8)
 
 
 @dataclass
@@ -88,52 +94,67 @@ class BatchReader:
         self.substitute: set[tuple[str, str]] = set()
         # seconds spent per stage, summed over batches, when given (fastssl bench --profile)
         self.timings = timings
+        self._shard_names = np.array([info.path for info in manifest.shards], dtype=object)
 
     def __call__(self, number: int) -> HostBatch:
+        timed = self.timings is not None
+        clock = perf_counter()
+        stages: dict[str, float] = {}
+
+        def lap(stage: str) -> None:
+            nonlocal clock
+            if timed:
+                now = perf_counter()
+                stages[stage] = stages.get(stage, 0.0) + now - clock
+                clock = now
+
         entries = self.plan.batch(number)
         exts = ("jpg", "cls") if self.labelled else ("jpg",)
         n = len(entries.shard)
-        jpegs: list[np.ndarray] = []
-        heights, widths = np.empty(n, np.int64), np.empty(n, np.int64)
-        labels = np.full(n, -1, np.int64) if self.labelled else None
+        got = self.source.read_batch(entries.shard, entries.sample, exts)
+        keys = got.keys
+        shards = self._shard_names[entries.shard].tolist()
+        lap("read")
+        codes, heights, widths = jpeg_facts(got.buf, got.start[:, 0], got.size[:, 0], self.max_pixels)
+        lap("checks")
+        labels = None
+        if self.labelled:
+            labels, parsed = parse_labels(got.buf, got.start[:, 1], got.size[:, 1])
+        lap("labels")
+        # Everything the batched pass did not vouch for goes through the per-sample checks, whose
+        # verdicts and messages are the ones users see: a slow read, a JPEG the kernel leaves to PIL,
+        # a label it leaves to parse_label, a sample known to fail decoding.
+        doubt = got.slow | (codes != OK)
+        if labels is not None:
+            doubt |= ~parsed
+        if self.substitute:
+            pairs = zip(shards, keys, strict=True)
+            doubt |= np.fromiter((pair in self.substitute for pair in pairs), np.bool_, n)
+        starts, sizes = got.start[:, 0].tolist(), got.size[:, 0].tolist()
+        jpegs = [got.buf[a : a + b] for a, b in zip(starts, sizes, strict=True)]
         valid = entries.valid.copy()
-        keys, shards, skipped = [], [], []
-        timed = self.timings is not None
-        stages = dict.fromkeys(("read", "checks", "labels"), 0.0)
-        for i in range(n):
-            shard, sample = int(entries.shard[i]), int(entries.sample[i])
-            shard_name = self.source.manifest.shards[shard].path
-            key = self._key(shard, sample)
+        skipped: list[dict[str, str]] = []
+        for i in np.flatnonzero(doubt).tolist():
             try:
-                if (shard_name, key) in self.substitute:
-                    raise DecodeError("cannot decode image", shard=shard_name, key=key)
-                t0 = perf_counter()
-                got = self.source.read(shard, sample, exts)
-                t1 = perf_counter()
-                heights[i], widths[i] = check_image(
-                    got.members["jpg"], max_pixels=self.max_pixels, shard=got.shard, key=got.key
-                )
-                t2 = perf_counter()
-                if labels is not None:
-                    labels[i] = parse_label(got.members["cls"], shard=got.shard, key=got.key)
-                if timed:
-                    stages["read"] += t1 - t0
-                    stages["checks"] += t2 - t1
-                    stages["labels"] += perf_counter() - t2
-                jpegs.append(np.frombuffer(got.members["jpg"], dtype=np.uint8))
+                jpeg, heights[i], widths[i], label = self._one_by_one(
+                    int(entries.shard[i]), int(entries.sample[i]), shards[i], keys[i], exts,
+                    None if got.slow[i] else jpegs[i], None if got.slow[i] or labels is None or parsed[i]
+                    else got.buf[got.start[i, 1] : got.start[i, 1] + got.size[i, 1]],
+                )  # fmt: skip
+                jpegs[i] = jpeg
+                if labels is not None and label is not None:
+                    labels[i] = label
             except DataError as err:
                 if self.on_error == "raise":
                     raise
                 if entries.valid[i]:  # a padding entry repeats a sample another rank reads and lists
                     skipped.append(
-                        {"shard": shard_name, "key": key, "reason": getattr(err, "reason", str(err))}
+                        {"shard": shards[i], "key": keys[i], "reason": getattr(err, "reason", str(err))}
                     )
-                jpegs.append(np.frombuffer(PLACEHOLDER, dtype=np.uint8))
+                jpegs[i] = _PLACEHOLDER_ARRAY
                 heights[i] = widths[i] = 8
                 valid[i] = False
-            keys.append(key)
-            shards.append(shard_name)
-        t0 = perf_counter()
+        lap("checks")
         params = sample_params(
             self.recipe,
             seed=self.plan.seed,
@@ -145,11 +166,37 @@ class BatchReader:
         batch = HostBatch(number, jpegs, heights, widths, keys, shards, labels, valid, params, skipped)
         batch.sample_ids = np.asarray(entries.global_id, dtype=np.int64)
         self.draw_patches(batch)
+        lap("params")
         if timed:
-            stages["params"] = perf_counter() - t0
             for name, value in stages.items():
                 self.timings[name] = self.timings.get(name, 0.0) + value
         return batch
+
+    def _one_by_one(
+        self,
+        shard: int,
+        sample: int,
+        shard_name: str,
+        key: str,
+        exts: tuple[str, ...],
+        jpeg: np.ndarray | None,
+        label_bytes: np.ndarray | None,
+    ) -> tuple[np.ndarray, int, int, int | None]:
+        """The per-sample path for a position the batched pass left in doubt: (jpeg, height, width,
+        label or None when the batched label stands), or the `DataError` that sample raises.
+        `jpeg` is the batched read's bytes, None where the read itself must be done again."""
+        if (shard_name, key) in self.substitute:
+            raise DecodeError("cannot decode image", shard=shard_name, key=key)
+        label = None
+        if jpeg is None:
+            members = self.source.read(shard, sample, exts).members
+            jpeg = np.frombuffer(members["jpg"], dtype=np.uint8)
+            if "cls" in members:
+                label_bytes = np.frombuffer(members["cls"], dtype=np.uint8)
+        height, width = check_image(jpeg.tobytes(), max_pixels=self.max_pixels, shard=shard_name, key=key)
+        if label_bytes is not None:
+            label = parse_label(label_bytes.tobytes(), shard=shard_name, key=key)
+        return jpeg, height, width, label
 
     def draw_patches(self, batch: HostBatch) -> None:
         """(Re)draw the patch recipe's draws from the batch's current `valid` flags: called again
@@ -164,9 +211,3 @@ class BatchReader:
                 gray=batch.params[0]["gray"],
                 valid=batch.valid,
             )
-
-    def _key(self, shard: int, sample: int) -> str:
-        try:
-            return self.source.index(shard).keys[sample]
-        except DataError:
-            return f"#{sample}"  # the index itself is unusable; the read below reports why
