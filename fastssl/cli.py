@@ -146,7 +146,16 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--only",
         default="fastssl,baseline,floor",
-        help="comma-separated contestants (fastssl,baseline,floor)",
+        help="comma-separated contestants (fastssl,baseline,floor); also dali_native: the crop recipe "
+        "as DALI's docs write it (fn.readers.webdataset with random_shuffle, decoders.image, "
+        "random_resized_crop, crop_mirror_normalize), same shards, threads and batch",
+    )
+    p.add_argument("--size", type=_positive, default=None, help="the recipe's view size in px (its own)")
+    p.add_argument(
+        "--profile",
+        action="store_true",
+        help="also print fastssl's stages in microseconds per sample: read, checks, labels, parameters, "
+        "packing, decode + views, the copy into torch, and the time the consumer spends in next(loader)",
     )
     p.add_argument("--json", type=Path, default=None, help="write the results here")
     p.add_argument("--plot", type=Path, default=None, help="write a PNG bar chart here")

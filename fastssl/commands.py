@@ -173,10 +173,18 @@ def run_bench(args: argparse.Namespace) -> int:
         _err(f"--only takes {', '.join(CONTESTANTS)}; got {args.only!r}")
         return 2
     try:
-        get_recipe(args.recipe)
-    except ValueError as err:
+        recipe = get_recipe(args.recipe)
+        if args.size:
+            recipe = recipe.replace(size=args.size)
+    except (ValueError, TypeError) as err:
         _err(str(err))
         return 2
+    if "dali_native" in contestants:
+        from fastssl.bench.dali_native import supports
+
+        if not supports(recipe):
+            _err(f"the dali_native contestant times the crop recipe only, not {args.recipe!r}")
+            return 2
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     config = {
         "data": str(args.data),
@@ -188,6 +196,8 @@ def run_bench(args: argparse.Namespace) -> int:
         "warmup": max(0, args.warmup),
         "workers": args.workers or cores,
         "progress": not args.quiet,
+        "size": args.size,
+        "profile": args.profile,
     }
     try:
         report = run_bench(config, contestants)

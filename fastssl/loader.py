@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -110,6 +111,11 @@ class SSLLoader:
     `pipe:` URLs (shell commands, refused by default), copied once into `cache_dir`. A dead decode
     worker raises `fastssl.errors.WorkerError`.
 
+    `profile=True` sums the seconds of each stage in `loader.timings` (read, checks, labels,
+    params on the host; pack, decode + views and to_torch on the DALI backend, whose host stages run in
+    this process; `next(loader)`, everything the consumer waited for). Kornia's host stages run in its
+    decode workers and are not counted.
+
     Epochs advance by themselves after each complete pass; `set_epoch(e)` chooses one explicitly
     (as with DistributedSampler). `state_dict()` after k batches and `load_state_dict()` in a new
     loader continue the epoch at batch k, with the same samples and the same random parameters.
@@ -135,6 +141,7 @@ class SSLLoader:
         verify_checksums: bool = False,
         allow_pipe: bool = False,
         cache_dir: str | os.PathLike | None = None,
+        profile: bool = False,
     ) -> None:
         self.manifest = resolve_data(data, allow_pipe=allow_pipe, cache_dir=cache_dir)
         self.recipe = get_recipe(recipe)
@@ -162,6 +169,8 @@ class SSLLoader:
         self._backend: Any = None
         self._patches: Any = None  # the patch stage of patch-grid recipes, built with the backend
         self._plan_cache: EpochPlan | None = None
+        # seconds per stage, summed over batches (`profile=True`; `fastssl bench --profile`)
+        self.timings: dict[str, float] | None = {} if profile else None
         if verify_checksums and any(not s.sha256 for s in self.manifest.shards):
             raise ValueError(
                 "verify_checksums needs recorded checksums, and shards given as paths or pipe: URLs "
@@ -207,6 +216,7 @@ class SSLLoader:
                 prefetch=self.prefetch,
                 device_id=self.device.index if self.device.type == "cuda" else None,
                 seed=self.seed,
+                timings=self.timings,
             )
         from fastssl.pipelines.kornia_views import KorniaBackend
 
@@ -282,6 +292,7 @@ class SSLLoader:
             on_error=self.on_error,
             max_pixels=self.max_pixels,
             source=self._source,
+            timings=self.timings,
         )
         if self._backend is None:
             self._backend = self._make_backend()
@@ -292,10 +303,16 @@ class SSLLoader:
         if self.verify_checksums:  # here, so that forked decode workers inherit the verdicts
             self._source.verify(np.unique(plan.shard))
         numbers = range(start, len(plan))
+        timings = self.timings
+        clock = time.perf_counter()
         for host, views in self._backend.run(reader, numbers):
             self.skipped.extend({"epoch": plan.epoch, "rank": self.rank, **s} for s in host.skipped)
             self._batches_done = host.number + 1
-            yield self._assemble(host, views)
+            batch = self._assemble(host, views)
+            if timings is not None:  # the consumer's time inside next(loader), everything included
+                timings["next(loader)"] = timings.get("next(loader)", 0.0) + time.perf_counter() - clock
+            yield batch
+            clock = time.perf_counter()
         self.epoch, self._batches_done = plan.epoch + 1, 0  # a complete pass: the next one is new
 
     def _assemble(self, host: HostBatch, views: list[torch.Tensor]) -> dict[str, Any]:

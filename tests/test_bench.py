@@ -69,3 +69,27 @@ def test_bench_refuses_unknown_contestants_and_recipes(shard_dir: Path, capsys) 
     assert main(["bench", str(shard_dir), "--only", "ffcv"]) == 2
     assert main(["bench", str(shard_dir), "--recipe", "swav"]) == 2
     assert "unknown recipe" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_bench_profiles_fastssl_s_stages_and_times_dali_s_own_pipeline(
+    shard_dir: Path, tmp_path, capsys
+) -> None:
+    pytest.importorskip("nvidia.dali")
+    args = [
+        "bench", str(shard_dir), "--recipe", "crop", "--size", "32", "--backend", "dali", "--batch-size", "4",
+        "--batches", "3", "--warmup", "1", "--workers", "1", "--quiet", "--profile",
+        "--only", "fastssl,dali_native", "--json", str(tmp_path / "b.json"),
+    ]  # fmt: skip
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "recipe crop 32 px" in out and "dali_native" in out and "next(loader)" in out
+    report = json.loads((tmp_path / "b.json").read_text())
+    assert all(r["images"] == 12 and r["images_per_s"] > 0 for r in report["results"].values())
+    profile = report["results"]["fastssl"]["profile_us_per_sample"]
+    stages = {"read", "checks", "labels", "params", "pack", "decode + views", "to_torch", "next(loader)"}
+    assert set(profile) == stages and all(v >= 0 for v in profile.values())
+    inside = sum(v for k, v in profile.items() if k != "next(loader)")
+    assert inside <= profile["next(loader)"] * 1.05  # the stages happen inside next(loader)
+    assert main(["bench", str(shard_dir), "--recipe", "simclr", "--only", "dali_native"]) == 2
+    assert "crop recipe only" in capsys.readouterr().err

@@ -21,7 +21,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-CONTESTANTS = ("fastssl", "baseline", "floor")
+CONTESTANTS = ("fastssl", "baseline", "floor", "dali_native")
 _CLK = os.sysconf("SC_CLK_TCK")
 
 
@@ -68,7 +68,13 @@ def _cores() -> int:
 
 
 def _measure(
-    batches: Iterator[Any], images_per_batch: Any, warmup: int, timed: int, label: str, progress: bool
+    batches: Iterator[Any],
+    images_per_batch: Any,
+    warmup: int,
+    timed: int,
+    label: str,
+    progress: bool,
+    on_start: Any = None,
 ) -> dict:
     from tqdm import tqdm
 
@@ -76,6 +82,8 @@ def _measure(
     for _ in range(warmup):
         next(batches)
         bar.update()
+    if on_start is not None:  # e.g. forget the warm-up's stage timings
+        on_start()
     cpu0, _ = tree_usage()
     start = time.perf_counter()
     images = 0
@@ -110,6 +118,8 @@ def run_child(name: str, config: dict) -> dict:
 
     torch.set_num_threads(max(1, config["workers"]))
     recipe = get_recipe(config["recipe"])
+    if config.get("size"):
+        recipe = recipe.replace(size=config["size"])
     manifest: Manifest = resolve_data(config["data"])
     bs, workers = config["batch_size"], config["workers"]
     args = (config["warmup"], config["batches"], name, config["progress"])
@@ -124,10 +134,23 @@ def run_child(name: str, config: dict) -> dict:
             device=config["device"],
             num_threads=workers,
             drop_last=True,
+            profile=bool(config.get("profile")),
         )
-        result = _measure(_epochs(lambda e: iter(loader)), lambda b: len(b["key"]), *args)
+        timings = loader.timings
+        result = _measure(
+            _epochs(lambda e: iter(loader)), lambda b: len(b["key"]), *args,
+            on_start=timings.clear if timings is not None else None,
+        )  # fmt: skip
         result["backend"] = loader.backend_name
+        if timings is not None:
+            result["profile_us_per_sample"] = {k: v / result["images"] * 1e6 for k, v in timings.items()}
         loader.close()
+        return result
+    if name == "dali_native":
+        from fastssl.bench.dali_native import native_batches
+
+        result = _measure(native_batches(manifest, recipe, bs, workers), lambda b: len(b[0]), *args)
+        result["transforms"] = "as DALI's docs write it"
         return result
     from fastssl.bench.baseline import DecodeOnlyDataset, PilRecipeDataset, baseline_uses_torchvision
 
@@ -187,20 +210,26 @@ def run_bench(config: dict, contestants: Iterable[str] = CONTESTANTS) -> dict:
 def format_table(report: dict) -> str:
     """The results as an aligned text table."""
     c = report["config"]
+    size = f" {c['size']} px" if c.get("size") else ""
     head = (
-        f"recipe {c['recipe']}, batch {c['batch_size']}, {c['batches']} timed batches after {c['warmup']}, "
-        f"{c['workers']} workers, {report['cores']} cores"
+        f"recipe {c['recipe']}{size}, batch {c['batch_size']}, {c['batches']} timed batches after "
+        f"{c['warmup']}, {c['workers']} workers, {report['cores']} cores"
     )
     rows = [("contestant", "images/s", "x baseline", "x floor", "peak RSS MB", "CPU use")]
     for name, r in report["results"].items():
         label = f"fastssl ({r.get('backend', '?')}, {c['device']})" if name == "fastssl" else name
-        if name == "baseline":
+        if name in ("baseline", "dali_native"):
             label += f" [{r.get('transforms', '')}]"
         ratio = lambda x: f"{x:.2f}" if x is not None else "-"  # noqa: E731
         rows.append(
             (label, f"{r['images_per_s']:.1f}", ratio(r["vs_baseline"]), ratio(r["vs_floor"]),
              f"{r['peak_rss_mb']:.0f}", f"{100 * r['cpu_util']:.0f}%")
         )  # fmt: skip
+    profiles = [
+        (name, r["profile_us_per_sample"])
+        for name, r in report["results"].items()
+        if r.get("profile_us_per_sample")
+    ]
     widths = [max(len(row[k]) for row in rows) for k in range(len(rows[0]))]
     lines = [
         "  ".join(
@@ -209,6 +238,9 @@ def format_table(report: dict) -> str:
         )
         for row in rows
     ]
+    for name, profile in profiles:
+        lines.append(f"{name} stages, microseconds per sample (of the timed batches):")
+        lines += [f"  {stage:<28} {value:9.2f}" for stage, value in profile.items()]
     return "\n".join([head, *lines])
 
 
