@@ -91,6 +91,20 @@ def hue_matrix(shift: np.ndarray) -> np.ndarray:
 def colour_transform(
     jitter: np.ndarray, order: np.ndarray, gray: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(M, v, w) float32 per sample for jitter factors (B, 4), their order (B, 4) and grayscale
+    flags (B,): `colour_transform_reference`'s result from the compiled kernel
+    (`fastssl.kernels.colour_matrix`), which the loaders use."""
+    from fastssl.kernels.colour_matrix import colour_matrices
+
+    return colour_matrices(
+        np.asarray(jitter, dtype=np.float64), np.asarray(order, dtype=np.int64),
+        np.asarray(gray, dtype=np.bool_), _hue_table(),
+    )  # fmt: skip
+
+
+def colour_transform_reference(
+    jitter: np.ndarray, order: np.ndarray, gray: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(M, v, w) per sample for jitter factors (B, 4), their order (B, 4) and grayscale flags (B,).
 
     `out = M @ x + v * (w . mu)` where `mu` is the view's mean RGB before the transform. Identity

@@ -14,6 +14,7 @@ import math
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from time import perf_counter
 from typing import Any
 
 import numpy as np
@@ -256,8 +257,10 @@ class DaliBackend:
         prefetch: int,
         device_id: int | None = None,
         seed: int = 0,
+        timings: dict[str, float] | None = None,
     ) -> None:
         self.recipe = recipe
+        self.timings = timings  # seconds per stage, when profiling
         self.device = device
         self.target = torch.device("cuda", device_id or 0) if device == "gpu" else torch.device("cpu")
         self.options = dict(
@@ -278,7 +281,11 @@ class DaliBackend:
     def _host(self, number: int) -> tuple[HostBatch, tuple[list[Any], ...]]:
         try:
             batch = self._reader(number)
-            return batch, pack_inputs(self.recipe, batch)
+            start = perf_counter()
+            packed = pack_inputs(self.recipe, batch)
+            if self.timings is not None:
+                self.timings["pack"] = self.timings.get("pack", 0.0) + perf_counter() - start
+            return batch, packed
         except StopIteration as err:  # would end DALI's epoch silently
             raise RuntimeError(f"batch {number}: unexpected StopIteration") from err
 
@@ -317,7 +324,12 @@ class DaliBackend:
     ) -> Iterator[tuple[HostBatch, list[torch.Tensor]]]:
         remaining = list(numbers)
         self._start(reader, remaining)
+        timings = self.timings
+        host_stages = ("read", "checks", "labels", "params", "pack")
         while True:
+            if timings is not None:
+                host_before = sum(timings.get(k, 0.0) for k in host_stages)
+                start = perf_counter()
             try:
                 outputs = self._pipe.run()
             except StopIteration:
@@ -333,7 +345,16 @@ class DaliBackend:
                 continue
             batch = self._pending.popleft()
             remaining.pop(0)
-            yield batch, [_to_torch(out, self.target) for out in outputs]
+            if timings is None:
+                yield batch, [_to_torch(out, self.target) for out in outputs]
+                continue
+            # on CPU graphs the host side runs inside pipe.run() (DALI's callback): not decode time
+            ran = perf_counter() - start - (sum(timings.get(k, 0.0) for k in host_stages) - host_before)
+            timings["decode + views"] = timings.get("decode + views", 0.0) + ran
+            start = perf_counter()
+            views = [_to_torch(out, self.target) for out in outputs]
+            timings["to_torch"] = timings.get("to_torch", 0.0) + perf_counter() - start
+            yield batch, views
 
     def _recover(self, reader: BatchReader, err: Exception) -> int:
         """After a failed graph: name the culprit (raise) or mark it for substitution (skip);

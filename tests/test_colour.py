@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from fastssl.pipelines.colour import affine_for_mean, colour_transform, hue_matrix, hue_shift
+from fastssl.pipelines.colour import (
+    affine_for_mean,
+    colour_transform,
+    colour_transform_reference,
+    hue_matrix,
+    hue_shift,
+)
 from fastssl.pipelines.reference import blur_reference, jitter_reference
 from PIL import Image
 
@@ -22,6 +28,22 @@ def _fused(image: np.ndarray, factors, order, gray=False) -> np.ndarray:
     mu = image.reshape(-1, 3).mean(0)[None]
     out = image.reshape(-1, 3) @ mats[0].T + affine_for_mean(mats, vs, ws, mu)[0]
     return np.clip(out, 0, 255).reshape(image.shape)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_the_compiled_transform_matches_the_numpy_reference(seed) -> None:
+    rng = np.random.default_rng(seed)
+    n = 300
+    jitter = np.stack(
+        [rng.uniform(0, 2, n), rng.uniform(0, 2, n), rng.uniform(0, 2, n), rng.uniform(-0.6, 0.6, n)], axis=1
+    )
+    order = np.argsort(rng.random((n, 4)), axis=1)
+    gray = rng.random(n) < 0.3
+    for got, expected in zip(
+        colour_transform(jitter, order, gray), colour_transform_reference(jitter, order, gray), strict=True
+    ):
+        assert got.dtype == np.float32 and got.shape == expected.shape
+        np.testing.assert_allclose(got, expected, atol=2e-6, rtol=1e-6)
 
 
 def test_identity_factors_give_the_identity() -> None:
