@@ -6,32 +6,31 @@ parse per sample: over half of the host side's time. Here one `pread` per member
 in the batch's one buffer, and `check_headers` verifies what `fastssl.data.source` verified per
 member: a valid header checksum, a regular file, the size the index gives and the exact name
 `KEY.EXT`. A member that does not pass (or that needs more than this kernel reads: a ustar prefix,
-a long name, a base-256 size) is left to the caller's per-member path, whose error names it. pread
-is called through ctypes because no library offers a batched positional read to Python (io_uring
-bindings are not in the registries the project may use); a short read is reported, never hidden.
+a long name, a base-256 size) is left to the caller's per-member path, whose error names it. libc's
+pread is called from the compiled loop because no library offers a batched positional read to
+Python (io_uring bindings are not in the registries the project may use); a short read is reported,
+never hidden.
 Plain-Python references sit beside both, for tests.
 """
 
 from __future__ import annotations
 
-import ctypes
 import os
 import tarfile
 
 import numba
 import numpy as np
+from numba import types
 
 TAR_BLOCK = 512
 
-_libc = ctypes.CDLL(None, use_errno=True)
-_pread = _libc.pread
-# The buffer address goes as an integer (c_size_t, the same width as a pointer on every platform
-# Linux runs CPython on): Numba passes integers to ctypes functions, not NumPy data pointers.
-_pread.argtypes = (ctypes.c_int, ctypes.c_size_t, ctypes.c_size_t, ctypes.c_int64)
-_pread.restype = ctypes.c_ssize_t
+# libc's pread, bound by name when the kernel is loaded (so the compiled kernel can be cached, which
+# a ctypes function address cannot). The buffer address goes as an integer (uintp, the width of a
+# pointer): Numba hands NumPy data pointers to external functions as integers.
+_pread = types.ExternalFunction("pread", types.intp(types.int32, types.uintp, types.uintp, types.int64))
 
 
-@numba.njit(nogil=True)
+@numba.njit(cache=True, nogil=True)
 def _read_members(
     fds: np.ndarray, offsets: np.ndarray, lengths: np.ndarray, buf: np.ndarray, at: np.ndarray
 ) -> np.ndarray:
