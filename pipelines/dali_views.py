@@ -30,6 +30,10 @@ from fastssl.errors import DecodeError, WorkerError
 from fastssl.host.reader import BatchReader, HostBatch
 from fastssl.recipes import Recipe, ViewSpec
 
+# DALI takes the host side's arrays as they are instead of copying them at feed time (one copy of
+# every encoded image fewer on the training thread); `DaliBackend` keeps them alive until used.
+NO_COPY = True
+
 
 def _needs(spec: ViewSpec) -> dict[str, bool]:
     """Which op groups a view can ever apply, so that a graph never holds an op it cannot use."""
@@ -112,8 +116,9 @@ def build_pipeline(
     def graph():  # noqa: ANN202 - DALI traces this function
         names = [view_inputs(spec) for spec in views]
         inputs = fn.external_source(
-            source=source, num_outputs=1 + sum(len(n) for n in names), batch=True, cycle=None
-        )
+            source=source, num_outputs=1 + sum(len(n) for n in names), batch=True, cycle=None,
+            no_copy=NO_COPY,
+        )  # fmt: skip
         decoded = fn.decoders.image(
             inputs[0], device="mixed" if device == "gpu" else "cpu", output_type=types.RGB
         )
@@ -297,6 +302,9 @@ class DaliBackend:
         except BaseException as err:  # kept: DALI wraps errors raised in its callback
             self._error = err
             raise
+        # With no_copy DALI reads these arrays in place until the batch's outputs come out of
+        # pipe.run(): the pending batch keeps them (and the buffer its JPEGs are views of) alive.
+        batch.fed = packed
         self._pending.append(batch)
         return packed
 

@@ -62,6 +62,7 @@ class HostBatch:
     skipped: list[dict[str, str]] = field(default_factory=list)
     patch: dict[str, np.ndarray] | None = None
     sample_ids: np.ndarray | None = None  # global sample ids, the key of every random draw
+    fed: object = None  # what a backend handed to its decoder from this batch, kept alive with it
 
     def __len__(self) -> int:
         return len(self.keys)
