@@ -55,14 +55,26 @@ def view_inputs(spec: ViewSpec) -> tuple[str, ...]:
     )
 
 
+def roi_decode(recipe: Recipe) -> bool:
+    """Whether the graph decodes only each sample's crop box (one view: nothing else needs the rest
+    of the image). libjpeg-turbo and nvJPEG then skip what lies outside it; the pixels inside are
+    the same as a full decode's (tested)."""
+    return len(recipe.graph_views()) == 1
+
+
 def pack_inputs(recipe: Recipe, batch: HostBatch) -> tuple[Any, ...]:
-    """The external_source outputs for one batch: the JPEGs (a list: they differ in length), then
-    `view_inputs` of every view, each one dense (B, ...) array rather than B small ones."""
+    """The external_source outputs for one batch: the JPEGs (a list: they differ in length), with a
+    ROI decode the crop boxes' anchors (x, y) and shapes (w, h), then `view_inputs` of every view,
+    each one dense (B, ...) array rather than B small ones."""
     columns: list[Any] = [batch.jpegs]
+    roi = roi_decode(recipe)
     for spec, params in zip(recipe.graph_views(), batch.params, strict=True):
         names = view_inputs(spec)
         crop = params["crop"].astype(np.float32)
         top, left, height, width = crop[:, 0], crop[:, 1], crop[:, 2], crop[:, 3]
+        if roi:  # the decoder cuts the box; the resize then takes all of it
+            columns += [np.stack([left, top], axis=1), np.stack([width, height], axis=1)]
+            top, left = np.zeros_like(top), np.zeros_like(left)
         # DALI's resize flips a dimension whose ROI end lies before its start.
         flip = params["flip"]
         starts = np.stack([top, np.where(flip, left + width, left)], axis=1)
@@ -115,15 +127,21 @@ def build_pipeline(
     @pipeline_def(enable_conditionals=True)
     def graph():  # noqa: ANN202 - DALI traces this function
         names = [view_inputs(spec) for spec in views]
+        roi = roi_decode(recipe)
         inputs = fn.external_source(
-            source=source, num_outputs=1 + sum(len(n) for n in names), batch=True, cycle=None,
-            no_copy=NO_COPY,
+            source=source, num_outputs=1 + 2 * roi + sum(len(n) for n in names), batch=True,
+            cycle=None, no_copy=NO_COPY,
         )  # fmt: skip
-        decoded = fn.decoders.image(
-            inputs[0], device="mixed" if device == "gpu" else "cpu", output_type=types.RGB
-        )
+        decoder = "mixed" if device == "gpu" else "cpu"
+        if roi:  # only the crop box is decoded; the view's ROI is then relative to it
+            decoded = fn.decoders.image_slice(
+                inputs[0], inputs[1], inputs[2], device=decoder, output_type=types.RGB,
+                normalized_anchor=False, normalized_shape=False,
+            )  # fmt: skip
+        else:
+            decoded = fn.decoders.image(inputs[0], device=decoder, output_type=types.RGB)
         outputs = []
-        position = 1
+        position = 1 + 2 * roi
         # DALI's autograph rewrites zip() without `strict`; lengths match by construction.
         for spec, view_names in zip(views, names):  # noqa: B905
             got = dict(zip(view_names, inputs[position : position + len(view_names)]))  # noqa: B905

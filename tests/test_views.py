@@ -20,7 +20,7 @@ from fastssl.data.manifest import Manifest
 from fastssl.data.source import ByteSource
 from fastssl.data.writer import write_shards
 from fastssl.errors import DataError
-from fastssl.recipes import BYOL, MoCoV2, MultiCrop, Rotation, SimCLR
+from fastssl.recipes import BYOL, Crop, MoCoV2, MultiCrop, Rotation, SimCLR
 
 RECIPES = [
     SimCLR(size=64),
@@ -28,6 +28,7 @@ RECIPES = [
     BYOL(size=64),
     MultiCrop(size=(64, 32), n_local=2),
     Rotation(size=64, resize=73),
+    Crop(size=64),
 ]
 NUM_IMAGES = 48
 
@@ -131,8 +132,9 @@ def _reference_view(jpeg: bytes, params: dict, i: int, size: int, threshold: flo
     [
         SimCLR(size=48, jitter=(0.4, 0.4, 0.4, 0.0), p_solarize=0.3, dtype="uint8", return_params=True),
         Rotation(size=48, resize=55, dtype="uint8", return_params=True),
+        Crop(size=48, dtype="uint8", return_params=True),  # one view: DALI decodes only the crop box
     ],
-    ids=["colour-blur-solarize", "rotation"],
+    ids=["colour-blur-solarize", "rotation", "crop-roi-decode"],
 )
 def test_pixels_follow_the_returned_parameters(demo_shards, backend, recipe) -> None:
     """Each view equals the float64 reference applied with that sample's own parameters, up to the
