@@ -38,6 +38,11 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_ablation.py demo_out/shards --backend dali --batch-size 64 --batches 8
 	$(PY) benchmarks/bench_ablation.py demo_out/shards --backend kornia --batch-size 64 --batches 8
 	$(PY) benchmarks/bench_header.py demo_out/shards --repeats 5
+	$(PY) benchmarks/bench_host.py demo_out/shards --repeats 3 --json benchmarks/out/bench_host.json
+	for s in 64 112; do $(VENV)/bin/fastssl bench demo_out/shards --recipe crop --size $$s --backend dali \
+	  --only fastssl,dali_native --batch-size 64 --batches 30 --warmup 3 --quiet --json benchmarks/out/crop$${s}_native.json; done
+	$(VENV)/bin/fastssl bench demo_out/shards --recipe simclr --backend dali --batch-size 64 --batches 12 --warmup 2 \
+	  --quiet --profile --json benchmarks/out/bench_simclr_profile.json
 	for b in dali kornia; do $(PY) benchmarks/bench_soak.py --epochs 100 --shards 2 --backend $$b \
 	  --json benchmarks/out/soak_$$b.json; done
 
