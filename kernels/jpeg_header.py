@@ -2,16 +2,17 @@
 loader may decode without asking PIL (`fastssl.data.header.check_image`).
 
 The pre-decode checks (format, colour mode, pixel limit, completeness) used to open every JPEG with
-PIL, 20-80 us each. This kernel walks the marker segments of every JPEG of a batch in the batch's one
-buffer and answers OK only for files whose structure PIL and the completeness check walk the same
-way: SOI, then segments with length fields (APPn, COM, DQT, DHT, DAC, DRI, DNL, EXP, SOFn) up to the
-first SOS, 8-bit samples, 1 or 3 components, a size within the pixel limit and an end-of-image
-marker after the scan starts. Anything else (a PNG, a CMYK file, a truncated scan, a multi-picture
-file, a marker without a length, a malformed table) is not judged here: the caller asks
-`check_image`, whose verdict and message stay the only ones users see. So the kernel may send a good
-file to the slow path, never a bad one past it. No library parses JPEG headers over a batch of
-buffers without decoding; nvImageCodec and DALI need the decoder. `jpeg_facts_reference` is the same
-walk in plain Python, for tests.
+PIL, 20-80 us each. This kernel walks the marker segments of every JPEG of a batch in the batch's
+one buffer and answers OK only for files whose structure PIL and the completeness check walk the
+same way: SOI, then segments with length fields (APPn, COM, DQT, DHT, DAC, DRI, DNL, EXP, SOFn) up
+to the first SOS, 8-bit samples, 1 or 3 components, no EXIF block unless a JFIF block gives the
+resolution (PIL would read it from the EXIF tags, which can fail), no Photoshop block, a size within
+the pixel limit and an end-of-image marker after the scan starts. Anything else (a PNG, a CMYK file,
+a truncated scan, a multi-picture file, a marker without a length, a malformed table) is not judged
+here: the caller asks `check_image`, whose verdict and message stay the only ones users see. So the
+kernel may send a good file to the slow path, never a bad one past it. No library parses JPEG
+headers over a batch of buffers without decoding; nvImageCodec and DALI need the decoder.
+`jpeg_facts_reference` is the same walk in plain Python, for tests.
 """
 
 from __future__ import annotations
@@ -58,7 +59,7 @@ def _one(buf: np.ndarray, start: int, length: int, max_pixels: int) -> tuple[int
         return NOT_JPEG, 0, 0
     pos = start + 2
     height = width = 0
-    frame = False
+    frame = exif = jfif_dpi = False
     while True:
         if pos + 4 > end:
             return NO_FRAME, height, width
@@ -90,7 +91,7 @@ def _one(buf: np.ndarray, start: int, length: int, max_pixels: int) -> tuple[int
             return UNUSUAL, height, width
         n = size - 2
         if is_sof:
-            if n < 6:
+            if n < 6 or (n - 6) % 3:  # PIL reads whole 3-byte component records
                 return UNUSUAL, height, width
             if buf[body] != 8 or not (buf[body + 5] == 1 or buf[body + 5] == 3):
                 return BAD_FRAME, height, width
@@ -102,8 +103,15 @@ def _one(buf: np.ndarray, start: int, length: int, max_pixels: int) -> tuple[int
                 if at + table > body_end:
                     return UNUSUAL, height, width
                 at += table
-        elif marker == 0xE0 and _starts_with(buf, body, body_end, b"JFIF") and n < 7:
-            return UNUSUAL, height, width  # PIL reads the version at byte 5
+        elif marker == 0xE0 and _starts_with(buf, body, body_end, b"JFIF"):
+            if n < 7:
+                return UNUSUAL, height, width  # PIL reads the version at byte 5
+            if n >= 12 and (buf[body + 7] == 1 or buf[body + 7] == 2):
+                jfif_dpi = True
+        elif marker == 0xE1 and _starts_with(buf, body, body_end, b"Exif\0\0"):
+            exif = True
+        elif marker == 0xED and _starts_with(buf, body, body_end, b"Photoshop 3.0\0"):
+            return UNUSUAL, height, width  # PIL parses its resource blocks
         elif (
             marker == 0xEE
             and _starts_with(buf, body, body_end, b"Adobe")
@@ -118,6 +126,8 @@ def _one(buf: np.ndarray, start: int, length: int, max_pixels: int) -> tuple[int
         pos = body_end
     if not frame:
         return NO_FRAME, height, width
+    if exif and not jfif_dpi:  # PIL then reads the resolution from the EXIF tags, which can fail
+        return UNUSUAL, height, width
     if height < 1 or width < 1:
         return EMPTY_SIZE, height, width
     if height * width > max_pixels:
@@ -152,6 +162,7 @@ def jpeg_facts_reference(data: bytes, max_pixels: int) -> tuple[int, int, int]:
     if not data.startswith(b"\xff\xd8\xff"):
         return NOT_JPEG, 0, 0
     pos, height, width, frame, end = 2, 0, 0, False, len(data)
+    exif = jfif_dpi = False
     while True:
         if pos + 4 > end:
             return NO_FRAME, height, width
@@ -173,7 +184,7 @@ def jpeg_facts_reference(data: bytes, max_pixels: int) -> tuple[int, int, int]:
         if size < 2 or body_end > end:
             return UNUSUAL, height, width
         if marker in _SOF:
-            if len(body) < 6:
+            if len(body) < 6 or (len(body) - 6) % 3:
                 return UNUSUAL, height, width
             if body[0] != 8 or body[5] not in (1, 3):
                 return BAD_FRAME, height, width
@@ -184,8 +195,13 @@ def jpeg_facts_reference(data: bytes, max_pixels: int) -> tuple[int, int, int]:
                 if len(body) < table:
                     return UNUSUAL, height, width
                 body = body[table:]
+        elif marker == 0xE0 and body.startswith(b"JFIF") and len(body) >= 12 and body[7] in (1, 2):
+            jfif_dpi = True
+        elif marker == 0xE1 and body.startswith(b"Exif\0\0"):
+            exif = True
         elif (
             (marker == 0xE0 and body.startswith(b"JFIF") and len(body) < 7)
+            or (marker == 0xED and body.startswith(b"Photoshop 3.0\0"))
             or (marker == 0xEE and body.startswith(b"Adobe") and len(body) < 7)
             or (marker == 0xE2 and body.startswith(b"MPF\0"))
             or (marker == 0xE2 and body.startswith(b"ICC_PROFILE\0") and len(body) < 14)
@@ -194,6 +210,8 @@ def jpeg_facts_reference(data: bytes, max_pixels: int) -> tuple[int, int, int]:
         pos = body_end
     if not frame:
         return NO_FRAME, height, width
+    if exif and not jfif_dpi:
+        return UNUSUAL, height, width
     if height < 1 or width < 1:
         return EMPTY_SIZE, height, width
     if height * width > max_pixels:

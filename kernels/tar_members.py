@@ -53,6 +53,8 @@ def read_members(
     """`pread(fds[i], lengths[i] bytes at offsets[i])` into `buf[at[i]:]` for every i; returns the bytes
     each read got (less than asked: end of file or an error). `buf` must be a writable contiguous
     uint8 array holding every target range (checked here: the kernel writes through a raw pointer)."""
+    if not len(fds) == len(offsets) == len(lengths) == len(at):
+        raise ValueError("fds, offsets, lengths and at must have one entry per member")
     if buf.dtype != np.uint8 or not buf.flags.c_contiguous or not buf.flags.writeable:
         raise ValueError("buf must be a writable contiguous uint8 array")
     if len(at) and (int((at + lengths).max()) > len(buf) or int(at.min()) < 0 or int(lengths.min()) < 0):

@@ -374,8 +374,11 @@ class DaliBackend:
             if timings is None:
                 yield batch, [_to_torch(out, self.target) for out in outputs]
                 continue
-            # on CPU graphs the host side runs inside pipe.run() (DALI's callback): not decode time
-            ran = perf_counter() - start - (sum(timings.get(k, 0.0) for k in host_stages) - host_before)
+            # on CPU graphs the host side runs inside pipe.run() (DALI's callback): not decode time;
+            # on GPU graphs it runs on its own thread, beside pipe.run()
+            ran = perf_counter() - start
+            if self.device == "cpu":
+                ran -= sum(timings.get(k, 0.0) for k in host_stages) - host_before
             timings["decode + views"] = timings.get("decode + views", 0.0) + ran
             start = perf_counter()
             views = [_to_torch(out, self.target) for out in outputs]

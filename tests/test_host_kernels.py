@@ -42,7 +42,7 @@ GOOD = {
     "baseline": small_jpeg(96, 64, seed=4),
     "progressive": _encoded(progressive=True),
     "gray": _encoded("L"),
-    "exif": _encoded(exif=Image.Exif()),
+    "dpi-and-exif": _encoded(exif=Image.Exif(), dpi=(72, 72)),
     "padded": small_jpeg(40, 30, seed=1) + b"\0" * 64,
 }
 BAD = {
@@ -73,6 +73,33 @@ def test_jpeg_facts_give_the_size_pil_gives_for_good_files_and_refuse_every_bad_
     assert codes["empty"] == jpeg_header.EMPTY and codes["png"] == jpeg_header.NOT_JPEG
     assert codes["cmyk"] == jpeg_header.BAD_FRAME and codes["truncated"] == jpeg_header.TRUNCATED
     assert codes["bomb"] == jpeg_header.TOO_MANY_PIXELS
+
+
+def _segment(marker: int, body: bytes) -> bytes:
+    return bytes([0xFF, marker]) + (len(body) + 2).to_bytes(2, "big") + body
+
+
+def _after_soi(jpeg: bytes, segment: bytes) -> bytes:
+    return jpeg[:2] + segment + jpeg[2:]
+
+
+def test_files_pil_may_refuse_are_left_to_pil() -> None:
+    """Structures where PIL's header reader can fail on its own (cut resource blocks, EXIF tags it
+    reads for the resolution, partial component records) never get the kernel's OK."""
+    base = small_jpeg(40, 30, seed=2)
+    sof = base.find(b"\xff\xc0")
+    length = int.from_bytes(base[sof + 2 : sof + 4], "big")
+    partial_component = base[: sof + 2] + (length + 1).to_bytes(2, "big") + base[sof + 4 : sof + 2 + length]
+    partial_component += b"\x04" + base[sof + 2 + length :]
+    files = {
+        "photoshop": _after_soi(base, _segment(0xED, b"Photoshop 3.0\x008BIM\x03\xed")),
+        "exif": _encoded(exif=Image.Exif()),
+        "partial-component": partial_component,
+    }
+    for name, data in files.items():
+        (got,) = _facts([data])
+        assert got[0] == jpeg_header.UNUSUAL, name
+        assert got == jpeg_header.jpeg_facts_reference(data, LIMIT)
 
 
 def _mutated(data: bytes, cut: float, flips: list[tuple[float, int]]) -> bytes:

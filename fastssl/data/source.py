@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import resource
+import sys
 import tarfile
 from collections import OrderedDict
 from collections.abc import Iterable
@@ -292,7 +294,12 @@ class ByteSource:
                 unusable[shard] = True
         closed = distinct[(self._fd_of[distinct] < 0) & ~unusable[distinct]]
         if len(closed):
-            self.max_open = max(self.max_open, len(distinct))  # every file of one batch open at once
+            # every file of one batch open at once, within the process's descriptor limit (a batch
+            # over more shards reads the rest through `read`); its open files first move to the
+            # recent end, so that opening the others never evicts them
+            self.max_open = min(max(self.max_open, len(distinct)), _descriptor_budget())
+            for shard in distinct[self._fd_of[distinct] >= 0].tolist():
+                self._fds.move_to_end(shard)
             for shard in closed:
                 try:
                     self._fd(int(shard), self._info(int(shard)))
@@ -332,10 +339,11 @@ class ByteSource:
             table.name_len[member_gid], suffixes[rows],
         )  # fmt: skip
         slow[np.flatnonzero(fast)[~ok.reshape(-1, width).all(axis=1)]] = True
+        sizes = np.where(slow[:, None], 0, sizes)  # a slow row has no bytes in buf: nothing to scan
         keys = table.keys[gid]
         keys[~known] = [f"#{sample}" for sample in samples[~known].tolist()]  # the read says what is wrong
         keys = keys.tolist()
-        return BatchBytes(buf, at + TAR_BLOCK, sizes, slow, keys)
+        return BatchBytes(buf, np.where(slow[:, None], 0, at + TAR_BLOCK), sizes, slow, keys)
 
     @staticmethod
     def _read_member(fd: int, info: ShardInfo, key: str, ext: str, offset: int, size: int) -> bytes:
@@ -412,15 +420,22 @@ class _BufferPool:
     def __init__(self, keep: int = 16) -> None:
         self.keep = keep
         self._free: list[np.ndarray] = []
+        # what getrefcount says of a buffer only the pool refers to, measured the way `take` looks
+        # (interpreters differ: 3.14 may borrow the loop variable's reference)
+        probe = [np.empty(1, np.uint8)]
+        self._alone = next(sys.getrefcount(buffer) for buffer in probe)
 
     def take(self, size: int) -> np.ndarray:
-        import sys
-
-        # a buffer only the pool refers to: the list, the loop variable and getrefcount's argument
         for buffer in self._free:
-            if len(buffer) >= size and sys.getrefcount(buffer) <= 3:
+            if len(buffer) >= size and sys.getrefcount(buffer) <= self._alone:
                 return buffer[:size] if len(buffer) > size else buffer
         buffer = np.empty(max(size, 1), np.uint8)
         if len(self._free) < self.keep:
             self._free.append(buffer)
         return buffer[:size] if len(buffer) > size else buffer
+
+
+def _descriptor_budget() -> int:
+    """Shard files one source may hold open: half the process's descriptor limit."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return max(16, (soft if soft != resource.RLIM_INFINITY else 65536) // 2)

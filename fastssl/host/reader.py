@@ -155,6 +155,8 @@ class BatchReader:
                 jpegs[i] = _PLACEHOLDER_ARRAY
                 heights[i] = widths[i] = 8
                 valid[i] = False
+                if labels is not None:
+                    labels[i] = -1
         lap("checks")
         params = sample_params(
             self.recipe,
