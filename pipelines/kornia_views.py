@@ -203,6 +203,14 @@ class KorniaBackend:
             if "DataLoader worker" in str(err):
                 raise WorkerError(f"a decode worker process died: {err}") from err
             raise
+        except (ConnectionError, EOFError) as err:
+            # a worker killed while handing a batch's tensors over (torch shares them through a
+            # socket): the handover breaks before torch's own check sees the death
+            dead = [w.pid for w in getattr(batches, "_workers", ()) if w.exitcode is not None]
+            raise WorkerError(
+                f"a decode worker process died while handing over a batch (dead: {dead or 'unknown'}): "
+                f"{err!r}; it was killed by signal or exited unexpectedly"
+            ) from err
         finally:
             # Stop the workers now, and unregister them from torch's SIGCHLD handler. Left to the
             # garbage collector, the iterator lives as long as any traceback through it (a raised
