@@ -204,10 +204,14 @@ class ByteSource:
             raise _again(self._refused[shard], key)
         self._verified.add(shard)
 
-    def _fd(self, shard: int, info: ShardInfo, key: str | None = None) -> int:
-        if self._pid != os.getpid():  # forked: the inherited descriptors belong to the parent
+    def _forget_inherited_fds(self) -> None:
+        """After a fork, start with no open files: the inherited descriptors belong to the parent."""
+        if self._pid != os.getpid():
             self._fds, self._pid = OrderedDict(), os.getpid()
             self._fd_of[:] = -1
+
+    def _fd(self, shard: int, info: ShardInfo, key: str | None = None) -> int:
+        self._forget_inherited_fds()
         if shard in self._fds:
             self._fds.move_to_end(shard)
             return self._fds[shard]
@@ -282,9 +286,7 @@ class ByteSource:
         if self._table is None:
             self._table = SampleTable(self.manifest.shard_sizes)
         table = self._table
-        if self._pid != os.getpid():
-            self._fds, self._pid = OrderedDict(), os.getpid()
-            self._fd_of[:] = -1
+        self._forget_inherited_fds()
         distinct = np.unique(shards)
         unusable = np.zeros(len(self.manifest.shards), np.bool_)
         for shard in distinct[~table.loaded[distinct]]:
