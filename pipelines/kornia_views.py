@@ -11,7 +11,6 @@ Kornia's `gaussian_blur2d` with a per-sample sigma, run only on the samples that
 
 from __future__ import annotations
 
-import gc
 import io
 import math
 from collections.abc import Iterator, Sequence
@@ -24,6 +23,7 @@ from kornia.filters import gaussian_blur2d
 from PIL import Image
 
 from fastssl.errors import DataError, DecodeError, WorkerError
+from fastssl.host.forking import collector_frozen
 from fastssl.host.reader import BatchReader, HostBatch
 from fastssl.recipes import Recipe
 
@@ -171,22 +171,8 @@ class KorniaBackend:
             prefetch_factor=self.prefetch if self.num_workers else None,
             pin_memory=self.device.type == "cuda",
         )
-        # Workers are forked here. Garbage the parent has not collected yet (a closed loader's
-        # DALI pipeline in a reference cycle) would be collected in the child, whose copy has none
-        # of the pipeline's threads: its destructor then waits for them for ever (seen in the fault
-        # suite). Frozen objects are never collected, so the children leave the parent's garbage
-        # alone; the parent unfreezes and collects as usual. A caller that froze objects itself
-        # keeps them frozen: then the parent's garbage is collected here, before the fork, instead.
-        ours = gc.get_freeze_count() == 0
-        if ours:
-            gc.freeze()
-        else:
-            gc.collect()
-        try:
+        with collector_frozen():  # workers are forked here
             batches = iter(loader)
-        finally:
-            if ours:
-                gc.unfreeze()
         try:
             while True:
                 try:

@@ -10,7 +10,7 @@ import resource
 import sys
 import tarfile
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -28,6 +28,9 @@ from fastssl.errors import (
 )
 
 TAR_BLOCK = 512
+
+# where read_batch puts a batch's members: (lengths (n, k) with headers) -> (buffer, header offsets)
+Layout = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
 
 
 @dataclass(frozen=True)
@@ -269,9 +272,51 @@ class ByteSource:
             members[ext] = self._read_member(fd, info, key, ext, *where)
         return SampleBytes(info.path, key, members)
 
-    def read_batch(self, shards: np.ndarray, samples: np.ndarray, exts: tuple[str, ...]) -> BatchBytes:
+    def _load_tables(self, distinct: np.ndarray) -> np.ndarray:
+        """Load the indexes of `distinct` shards into the sample table; True where unusable."""
+        if self._table is None:
+            self._table = SampleTable(self.manifest.shard_sizes)
+        table = self._table
+        unusable = np.zeros(len(self.manifest.shards), np.bool_)
+        for shard in distinct[~table.loaded[distinct]]:
+            try:
+                table.add(int(shard), self.index(int(shard)))
+            except ShardError:
+                unusable[shard] = True
+        return unusable
+
+    def _positions(self, shards: np.ndarray, samples: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Global sample ids of (shards[i], samples[i]) in the sample table, and which are known
+        (loaded index, sample in range); an unknown position's id is 0."""
+        table = self._table
+        counts = table.first[shards + 1] - table.first[shards]
+        known = table.loaded[shards] & (samples >= 0) & (samples < counts)
+        return np.where(known, table.first[shards] + samples, 0), known
+
+    def member_sizes(self, shards: np.ndarray, samples: np.ndarray, ext: str) -> np.ndarray:
+        """Index size of member `ext` of every (shards[i], samples[i]), 0 where the index does not
+        know it; loads the indexes it needs (a feeder sizes its shared buffers from this)."""
+        shards = np.asarray(shards, np.int64)
+        samples = np.asarray(samples, np.int64)
+        unusable = self._load_tables(np.unique(shards))
+        gid, known = self._positions(shards, samples)
+        _, sizes = self._table.columns(ext)
+        return np.where(known & ~unusable[shards] & ~self._table.refused[gid], sizes[gid], 0)
+
+    def read_batch(
+        self,
+        shards: np.ndarray,
+        samples: np.ndarray,
+        exts: tuple[str, ...],
+        layout: Layout | None = None,
+    ) -> BatchBytes:
         """The members `exts` of every (shards[i], samples[i]) in one buffer, each tar header checked
         against the index in the same pass (`fastssl.kernels.tar_members`).
+
+        `layout(lengths)` chooses where they go: given the (n, len(exts)) bytes of every member with
+        its 512-byte tar header before it (0 for a slow position), it returns the buffer and the
+        offset of each header in it (a feeder's shared rows). By default members are packed, in
+        order, into a buffer reused once nothing refers to it.
 
         Positions the batched read cannot vouch for are marked `slow` and left out of the buffer: a
         shard whose index or file is unusable, a refused key, a missing member, a header that does not
@@ -283,17 +328,10 @@ class ByteSource:
         shards = np.asarray(shards, np.int64)
         samples = np.asarray(samples, np.int64)
         n, width = len(shards), len(exts)
-        if self._table is None:
-            self._table = SampleTable(self.manifest.shard_sizes)
-        table = self._table
         self._forget_inherited_fds()
         distinct = np.unique(shards)
-        unusable = np.zeros(len(self.manifest.shards), np.bool_)
-        for shard in distinct[~table.loaded[distinct]]:
-            try:
-                table.add(int(shard), self.index(int(shard)))
-            except ShardError:
-                unusable[shard] = True
+        unusable = self._load_tables(distinct)
+        table = self._table
         closed = distinct[(self._fd_of[distinct] < 0) & ~unusable[distinct]]
         if len(closed):
             # every file of one batch open at once, within the process's descriptor limit (a batch
@@ -307,9 +345,7 @@ class ByteSource:
                     self._fd(int(shard), self._info(int(shard)))
                 except ShardError:
                     unusable[shard] = True
-        counts = table.first[shards + 1] - table.first[shards]
-        known = table.loaded[shards] & (samples >= 0) & (samples < counts)  # its index gives its key
-        gid = np.where(known, table.first[shards] + samples, 0)
+        gid, known = self._positions(shards, samples)  # a known position's index gives its key
         slow = unusable[shards] | ~known | table.refused[gid]
         offsets = np.empty((n, width), np.int64)
         sizes = np.empty((n, width), np.int64)
@@ -318,9 +354,12 @@ class ByteSource:
             offsets[:, j], sizes[:, j] = column_offsets[gid], column_sizes[gid]
         slow |= (offsets < TAR_BLOCK).any(axis=1)
         lengths = np.where(slow[:, None], 0, sizes + TAR_BLOCK)
-        ends = np.cumsum(lengths.ravel())
-        at = (ends - lengths.ravel()).reshape(n, width)
-        buf = self._buffers.take(int(ends[-1]) if len(ends) else 0)
+        if layout is None:
+            ends = np.cumsum(lengths.ravel())
+            at = (ends - lengths.ravel()).reshape(n, width)
+            buf = self._buffers.take(int(ends[-1]) if len(ends) else 0)
+        else:
+            buf, at = layout(lengths)
         fds = np.repeat(self._fd_of[shards].astype(np.int64), width).reshape(n, width)
         fast = ~slow
         got = read_members(

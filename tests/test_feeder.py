@@ -1,0 +1,180 @@
+"""Feeder processes and shared slots: batches built elsewhere arrive whole, in order, with their
+errors, and a feeder that dies is reported at once."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import numpy as np
+import pytest
+
+from fastssl.data.faults import clean_shards
+from fastssl.data.source import ByteSource
+from fastssl.errors import LabelError, WorkerError
+from fastssl.host.feeder import Feeders
+from fastssl.host.slots import Slot
+
+
+def _stamp(number: int, slot: Slot) -> tuple[int, int]:
+    """Write the batch number into the slot, with a delay that differs per batch."""
+    time.sleep(0.002 * (number % 3))
+    slot.params[:, 0] = number
+    return number, os.getpid()
+
+
+@pytest.mark.parametrize("workers,slots", [(1, 1), (2, 3), (3, 7)])
+def test_batches_arrive_in_order_each_in_the_slot_it_was_built_in(workers, slots) -> None:
+    numbers = list(range(5, 25))
+    pool = [Slot(4, 64, 0, 2, 0) for _ in range(slots)]
+    feeders = Feeders(_stamp, numbers, pool, workers)
+    try:
+        got, pids = [], set()
+        for _ in numbers:
+            number, index, (echo, pid) = feeders.next()
+            assert number == echo and pool[index].params[0, 0] == number
+            got.append(number)
+            pids.add(pid)
+            feeders.release(index)
+        with pytest.raises(StopIteration):
+            feeders.next()
+    finally:
+        feeders.close()
+    assert got == numbers and len(pids) == workers and os.getpid() not in pids
+
+
+def _failing(number: int, slot: Slot) -> int:
+    if number == 3:
+        raise LabelError("label is not an integer", shard="s.tar", key="k3")
+    if number == 5:
+        raise KeyError("not picklable either way")  # a plain exception: raised as itself
+    return number
+
+
+def test_a_feeder_s_errors_reach_the_consumer_whole() -> None:
+    feeders = Feeders(_failing, range(8), [Slot(2, 64, 0, 1, 0) for _ in range(3)], 2)
+    try:
+        for expected in range(3):
+            number, index, _ = feeders.next()
+            assert number == expected
+            feeders.release(index)
+        with pytest.raises(LabelError) as info:
+            feeders.next()
+        assert info.value.shard == "s.tar" and info.value.key == "k3"
+    finally:
+        feeders.close()
+    feeders = Feeders(_failing, range(4, 8), [Slot(2, 64, 0, 1, 0)], 1)
+    try:
+        feeders.release(feeders.next()[1])
+        with pytest.raises(KeyError) as info:
+            feeders.next()
+        assert any("feeder process" in note for note in info.value.__notes__)
+    finally:
+        feeders.close()
+
+
+def _slow(number: int, slot: Slot) -> int:
+    time.sleep(30)
+    return number
+
+
+@pytest.mark.timeout(60)
+def test_a_killed_feeder_is_a_worker_error_at_once() -> None:
+    feeders = Feeders(_slow, range(4), [Slot(2, 64, 0, 1, 0)], 1)
+    try:
+        (process,) = feeders._processes
+        os.kill(process.pid, signal.SIGKILL)
+        start = time.monotonic()
+        with pytest.raises(WorkerError, match=r"killed by signal 9"):
+            feeders.next()
+        assert time.monotonic() - start < 10
+    finally:
+        feeders.close()
+
+
+def test_a_batch_read_into_a_slot_has_every_member_in_its_row(tmp_path) -> None:
+    manifest = clean_shards(tmp_path / "set", shards=2, per_shard=6)
+    with ByteSource(manifest) as single, ByteSource(manifest) as batched:
+        shards = np.array([1, 0, 1, 0, 0, 1, 1])
+        samples = np.array([5, 0, 2, 3, 3, 0, 4])
+        slot = Slot(
+            8,
+            int(batched.member_sizes(shards, samples, "jpg").max()),
+            int(batched.member_sizes(shards, samples, "cls").max()),
+            3,
+        )
+        slot.rows[:] = 0xAB  # whatever an earlier batch left
+        got = batched.read_batch(shards, samples, ("jpg", "cls"), layout=slot.layout)
+        assert not got.slow.any() and got.buf is slot.buf
+        for i, (shard, sample) in enumerate(zip(shards.tolist(), samples.tolist(), strict=True)):
+            one = single.read(shard, sample, ("jpg", "cls"))
+            size = len(one.members["jpg"])
+            assert got.size[i, 0] == size
+            assert slot.rows[i, :size].tobytes() == one.members["jpg"]  # at the row's start
+            start, length = got.start[i, 1], got.size[i, 1]
+            assert got.buf[start : start + length].tobytes() == one.members["cls"]
+
+
+def test_a_row_that_held_an_outlier_gives_its_pages_back() -> None:
+    slot = Slot(4, 4 << 20, 0, 1, 0)
+    big = np.full((4, 1), (3 << 20) + 512, np.int64)
+    slot.layout(big)
+    slot.rows[:, : 3 << 20] = 7
+    assert slot.released == 0
+    small = np.full((4, 1), 70_000 + 512, np.int64)
+    slot.layout(small)
+    assert slot.released >= 4 * ((3 << 20) - (256 << 10))
+    assert (slot.rows[:, :70_000] == 7).all()  # what the row holds now is kept
+    assert (slot.rows[:, 1 << 20 : (3 << 20) - 8192] == 0).all()  # the outlier's pages are fresh again
+    slot.layout(small)
+    assert slot.released >= 4 * ((3 << 20) - (256 << 10))  # nothing more to give back
+
+
+def test_a_jpeg_too_large_for_its_slot_is_refused() -> None:
+    slot = Slot(2, 1000, 0, 1, 0)
+    with pytest.raises(ValueError, match="larger than the index said"):
+        slot.layout(np.array([[2000 + 512], [10]]))
+    with pytest.raises(ValueError, match="do not fit"):
+        slot.put(0, np.zeros(5000, np.uint8))
+
+
+def test_dali_decodes_a_row_as_its_jpeg_alone_whatever_follows_it(tmp_path) -> None:
+    """The CPU graph hands DALI whole rows: libjpeg-turbo must stop at the end-of-image marker,
+    for the full decode and for the crop-box decode alike."""
+    pytest.importorskip("nvidia.dali")
+    from nvidia.dali import fn, pipeline_def, types
+
+    from fastssl.data.faults import small_jpeg
+
+    jpegs = [np.frombuffer(small_jpeg(40 + 9 * s, 30 + 5 * s, seed=s), np.uint8) for s in range(6)]
+    rows = np.random.default_rng(0).integers(0, 256, (6, max(map(len, jpegs)) + 700), dtype=np.uint8)
+    rows[1::2, max(map(len, jpegs)) :] = 0
+    for i, jpeg in enumerate(jpegs):
+        rows[i, : len(jpeg)] = jpeg
+    anchors = np.tile(np.float32([3, 2]), (6, 1))
+    shapes = np.tile(np.float32([20, 16]), (6, 1))
+
+    @pipeline_def(batch_size=6, num_threads=1, device_id=None)
+    def graph():  # noqa: ANN202
+        exact, padded = fn.external_source(name="exact"), fn.external_source(name="padded")
+        anchor, shape = fn.external_source(name="anchor"), fn.external_source(name="shape")
+        cut = {"normalized_anchor": False, "normalized_shape": False}
+        return (
+            fn.decoders.image(exact, output_type=types.RGB),
+            fn.decoders.image(padded, output_type=types.RGB),
+            fn.decoders.image_slice(exact, anchor, shape, output_type=types.RGB, **cut),
+            fn.decoders.image_slice(padded, anchor, shape, output_type=types.RGB, **cut),
+        )
+
+    pipe = graph()
+    pipe.build()
+    pipe.feed_input("exact", list(jpegs))
+    pipe.feed_input("padded", rows)
+    pipe.feed_input("anchor", anchors)
+    pipe.feed_input("shape", shapes)
+    full, full_padded, box, box_padded = pipe.run()
+    for i in range(6):
+        assert np.array_equal(np.array(full[i]), np.array(full_padded[i]))
+        assert np.array_equal(np.array(box[i]), np.array(box_padded[i]))
+        assert np.array(box[i]).shape == (16, 20, 3)
