@@ -155,7 +155,8 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
         "--profile",
         action="store_true",
         help="also print fastssl's stages in microseconds per sample: read, checks, labels, parameters, "
-        "packing, decode + views, the copy into torch, and the time the consumer spends in next(loader)",
+        "packing (in the feeder processes, with DALI), then on the training thread feed (waiting for a "
+        "ready batch), decode + views, the copy into torch, and all its time in next(loader)",
     )
     p.add_argument("--json", type=Path, default=None, help="write the results here")
     p.add_argument("--plot", type=Path, default=None, help="write a PNG bar chart here")

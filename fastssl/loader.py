@@ -111,10 +111,19 @@ class SSLLoader:
     `pipe:` URLs (shell commands, refused by default), copied once into `cache_dir`. A dead decode
     worker raises `fastssl.errors.WorkerError`.
 
-    `profile=True` sums the seconds of each stage in `loader.timings` (read, checks, labels,
-    params on the host; pack, decode + views and to_torch on the DALI backend, whose host stages run in
-    this process; `next(loader)`, everything the consumer waited for). Kornia's host stages run in its
-    decode workers and are not counted.
+    With DALI, the host side of each batch (read, header checks, labels, parameter draws, packing)
+    runs in `host_workers` feeder processes (default 1 on the CPU, 2 with a GPU) that build batches
+    ahead into shared memory; `next(loader)` only hands ready ones to the graph. `gpu_decoder`
+    (`fastssl.pipelines.dali_views.GpuDecoder`) sets nvJPEG's hardware-decoder share, memory
+    paddings and preallocation hints on GPU graphs.
+
+    `profile=True` sums the seconds of each stage in `loader.timings`: on the DALI backend read,
+    checks, labels, params and pack as the feeders spent them (CPU seconds in other processes),
+    then what this thread spent: feed (waiting for and taking a ready batch), decode + views (the
+    rest of `pipe.run()`), to_torch, `next(loader)`, everything the consumer waited for, and
+    `next(loader) cpu`, the part of it this thread spent computing rather than waiting (DALI
+    also gives `to_torch cpu`, the copy's part of that).
+    Kornia's host stages run in its decode workers and are not counted.
 
     Epochs advance by themselves after each complete pass; `set_epoch(e)` chooses one explicitly
     (as with DistributedSampler). `state_dict()` after k batches and `load_state_dict()` in a new
@@ -142,6 +151,8 @@ class SSLLoader:
         allow_pipe: bool = False,
         cache_dir: str | os.PathLike | None = None,
         profile: bool = False,
+        host_workers: int | None = None,
+        gpu_decoder: Any = None,
     ) -> None:
         self.manifest = resolve_data(data, allow_pipe=allow_pipe, cache_dir=cache_dir)
         self.recipe = get_recipe(recipe)
@@ -162,6 +173,11 @@ class SSLLoader:
         self.device = self._pick_device(device)
         self.backend_name = self._pick_backend(backend)
         self.num_threads = num_threads if num_threads is not None else _default_threads()
+        if host_workers is not None and host_workers < 1:
+            raise ValueError(f"host_workers must be at least 1, got {host_workers}")
+        # one feeder keeps a CPU graph fed (decoding is the cost there); a GPU graph needs more
+        self.host_workers = host_workers or (2 if self.device.type == "cuda" else 1)
+        self.gpu_decoder = gpu_decoder
         self.epoch = 0
         self.skipped: list[dict[str, Any]] = []
         self._batches_done = 0  # of the current epoch, as consumed by the caller
@@ -216,6 +232,8 @@ class SSLLoader:
                 prefetch=self.prefetch,
                 device_id=self.device.index if self.device.type == "cuda" else None,
                 seed=self.seed,
+                host_workers=self.host_workers,
+                gpu_decoder=self.gpu_decoder,
                 timings=self.timings,
             )
         from fastssl.pipelines.kornia_views import KorniaBackend
@@ -304,15 +322,18 @@ class SSLLoader:
             self._source.verify(np.unique(plan.shard))
         numbers = range(start, len(plan))
         timings = self.timings
-        clock = time.perf_counter()
+        clock, thread_clock = time.perf_counter(), time.thread_time()
         for host, views in self._backend.run(reader, numbers):
             self.skipped.extend({"epoch": plan.epoch, "rank": self.rank, **s} for s in host.skipped)
             self._batches_done = host.number + 1
             batch = self._assemble(host, views)
             if timings is not None:  # the consumer's time inside next(loader), everything included
                 timings["next(loader)"] = timings.get("next(loader)", 0.0) + time.perf_counter() - clock
+                # and what of it this thread computed, not waited for (to_torch's copy included)
+                spent = time.thread_time() - thread_clock
+                timings["next(loader) cpu"] = timings.get("next(loader) cpu", 0.0) + spent
             yield batch
-            clock = time.perf_counter()
+            clock, thread_clock = time.perf_counter(), time.thread_time()
         self.epoch, self._batches_done = plan.epoch + 1, 0  # a complete pass: the next one is new
 
     def _assemble(self, host: HostBatch, views: list[torch.Tensor]) -> dict[str, Any]:

@@ -1,20 +1,25 @@
 """Compile a recipe into one DALI graph: decode each JPEG once, cut every view from it, then per view
 one resize (crop + flip through the ROI), one colour pass, blur, solarize, rotation and normalise.
 
-Inputs arrive through `fn.external_source` (batch mode) from the epoch plan, with every random
-parameter sampled per sample on the host (`fastssl.host.params`) and passed as per-sample argument
-inputs; blur and solarize run under per-sample conditionals, so only the samples that drew them pay.
-`device="cpu"` runs with `device_id=None`; `device="gpu"` decodes with nvJPEG (`mixed`).
+Inputs arrive through one `fn.external_source` (batch mode) as dense arrays built by feeder
+processes into shared slots (`fastssl.host.feeder`): the JPEGs, one per row of a (B, R) uint8
+array, and every per-sample parameter of every view in one (B, K) float32 array (`param_layout`),
+sampled on the host from the counter hash (`fastssl.host.params`) and split into argument inputs
+inside the graph. Blur and solarize run under per-sample conditionals, so only the samples that
+drew them pay. `device="cpu"` runs with `device_id=None`; `device="gpu"` decodes with nvJPEG
+(`mixed`), from rows cut to each JPEG's size first.
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
 import math
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
-from time import perf_counter
+from dataclasses import dataclass
+from functools import partial
+from time import perf_counter, thread_time
 from typing import Any
 
 import numpy as np
@@ -26,13 +31,20 @@ from nvidia.dali.pipeline import Pipeline
 from nvidia.dali.plugin.pytorch import feed_ndarray
 from PIL import Image
 
-from fastssl.errors import DecodeError, WorkerError
-from fastssl.host.reader import BatchReader, HostBatch
+from fastssl.errors import DataError, DecodeError, WorkerError
+from fastssl.host.feeder import Feeders
+from fastssl.host.reader import PLACEHOLDER, BatchReader, HostBatch
+from fastssl.host.slots import Slot
 from fastssl.recipes import Recipe, ViewSpec
 
-# DALI takes the host side's arrays as they are instead of copying them at feed time (one copy of
-# every encoded image fewer on the training thread); `DaliBackend` keeps them alive until used.
-NO_COPY = True
+PLACEHOLDER_SIZE = len(PLACEHOLDER)
+_WARMED: set[tuple] = set()  # kinds of batch this process has built once (`DaliBackend._warm`)
+
+# widths of the per-sample parameters the graph reads, in float32 columns
+_WIDTHS = {
+    "anchor": 2, "shape": 2, "roi_start": 2, "roi_end": 2, "matrix": 9, "v": 3, "w": 3,
+    "blur": 1, "sigma": 1, "solarize": 1,
+}  # fmt: skip
 
 
 def _needs(spec: ViewSpec) -> dict[str, bool]:
@@ -45,7 +57,7 @@ def _needs(spec: ViewSpec) -> dict[str, bool]:
 
 
 def view_inputs(spec: ViewSpec) -> tuple[str, ...]:
-    """Names of the per-sample inputs one view's part of the graph reads, in feed order."""
+    """Names of the per-sample parameters one view's part of the graph reads."""
     needs = _needs(spec)
     return (
         ("roi_start", "roi_end")
@@ -62,32 +74,64 @@ def roi_decode(recipe: Recipe) -> bool:
     return len(recipe.graph_views()) == 1
 
 
-def pack_inputs(recipe: Recipe, batch: HostBatch) -> tuple[Any, ...]:
-    """The external_source outputs for one batch: the JPEGs (a list: they differ in length), with a
-    ROI decode the crop boxes' anchors (x, y) and shapes (w, h), then `view_inputs` of every view,
-    each one dense (B, ...) array rather than B small ones."""
-    columns: list[Any] = [batch.jpegs]
-    roi = roi_decode(recipe)
-    for spec, params in zip(recipe.graph_views(), batch.params, strict=True):
-        names = view_inputs(spec)
+def param_layout(recipe: Recipe) -> tuple[list[dict[str, slice]], int]:
+    """Where each view's parameters sit in the (B, K) parameter array: one {name: columns} per
+    view (with a ROI decode, view 0 also has the decoder's `anchor` (x, y) and `shape` (w, h)),
+    and K."""
+    layout, at = [], 0
+    for v, spec in enumerate(recipe.graph_views()):
+        names = (("anchor", "shape") if v == 0 and roi_decode(recipe) else ()) + view_inputs(spec)
+        columns = {}
+        for name in names:
+            columns[name] = slice(at, at + _WIDTHS[name])
+            at += _WIDTHS[name]
+        layout.append(columns)
+    return layout, at
+
+
+def pack_params(recipe: Recipe, batch: HostBatch, out: np.ndarray) -> np.ndarray:
+    """Write the graph's parameters of `batch` into `out` ((B, K) float32, `param_layout`)."""
+    layout, _ = param_layout(recipe)
+    n = len(batch)
+    for columns, params in zip(layout, batch.params, strict=True):
+
+        def put(name: str, value: np.ndarray, columns: dict[str, slice] = columns) -> None:
+            out[:n, columns[name]] = np.asarray(value, np.float32).reshape(n, -1)
+
         crop = params["crop"].astype(np.float32)
         top, left, height, width = crop[:, 0], crop[:, 1], crop[:, 2], crop[:, 3]
-        if roi:  # the decoder cuts the box; the resize then takes all of it
-            columns += [np.stack([left, top], axis=1), np.stack([width, height], axis=1)]
+        if "anchor" in columns:  # the decoder cuts the box; the resize then takes all of it
+            put("anchor", np.stack([left, top], axis=1))
+            put("shape", np.stack([width, height], axis=1))
             top, left = np.zeros_like(top), np.zeros_like(left)
         # DALI's resize flips a dimension whose ROI end lies before its start.
         flip = params["flip"]
-        starts = np.stack([top, np.where(flip, left + width, left)], axis=1)
-        ends = np.stack([top + height, np.where(flip, left, left + width)], axis=1)
-        columns += [starts, ends]
-        if "matrix" in names:
-            columns += list(colour_transform(params["jitter"], params["jitter_order"], params["gray"]))
-        if "blur" in names:
-            columns.append(np.ascontiguousarray(params["blur"]))
-            columns.append(np.maximum(params["blur_sigma"], np.float32(1e-3)).astype(np.float32))
-        if "solarize" in names:
-            columns.append(np.ascontiguousarray(params["solarize"]))
-    return tuple(columns)
+        put("roi_start", np.stack([top, np.where(flip, left + width, left)], axis=1))
+        put("roi_end", np.stack([top + height, np.where(flip, left, left + width)], axis=1))
+        if "matrix" in columns:
+            matrix, vec_v, vec_w = colour_transform(params["jitter"], params["jitter_order"], params["gray"])
+            put("matrix", matrix)
+            put("v", vec_v)
+            put("w", vec_w)
+        if "blur" in columns:
+            put("blur", params["blur"])
+            put("sigma", np.maximum(params["blur_sigma"], np.float32(1e-3)))
+        if "solarize" in columns:
+            put("solarize", params["solarize"])
+    return out
+
+
+def build_batch(recipe: Recipe, reader: BatchReader, number: int, slot: Slot) -> HostBatch:
+    """Batch `number` built into `slot`, everything the graph reads: the JPEGs into its rows, the
+    parameters and the JPEGs' sizes into its arrays. Returns the batch without its bytes (with
+    the time of packing in `reader.timings` when the reader keeps timings)."""
+    batch = reader(number, into=slot)
+    start = perf_counter()
+    pack_params(recipe, batch, slot.params)
+    slot.sizes[: len(batch), 0] = batch.sizes
+    if reader.timings is not None:
+        reader.timings["pack"] = reader.timings.get("pack", 0.0) + perf_counter() - start
+    return batch
 
 
 def _rotate(image: Any, quarter_turns: int) -> Any:
@@ -101,9 +145,35 @@ def _rotate(image: Any, quarter_turns: int) -> Any:
     return fn.flip(transposed, horizontal=int(quarter_turns == 3), vertical=int(quarter_turns == 1))
 
 
+@dataclass(frozen=True)
+class GpuDecoder:
+    """nvJPEG settings of GPU graphs (`SSLLoader(gpu_decoder=...)`); the defaults are DALI's.
+
+    `hw_decoder_load` is the share of each batch sent to the A100/H100 hardware JPEG decoder (the
+    rest runs on CUDA cores, its Huffman stage on the host threads). The paddings are what nvJPEG
+    adds to each of its device and pinned host buffers when they grow, the hints the image size
+    its buffers are allocated for up front: they bound how often buffers are reallocated, not how
+    much device memory the decoder may hold (DALI has no such cap; `fastssl bench` reports the peak).
+    """
+
+    hw_decoder_load: float = 0.65
+    device_memory_padding: int = 16 << 20
+    host_memory_padding: int = 8 << 20
+    preallocate_width_hint: int = 0
+    preallocate_height_hint: int = 0
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.hw_decoder_load <= 1.0:
+            raise ValueError(f"hw_decoder_load must lie in [0, 1], got {self.hw_decoder_load}")
+        for name in ("device_memory_padding", "host_memory_padding", "preallocate_width_hint",
+                     "preallocate_height_hint"):  # fmt: skip
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be non-negative, got {getattr(self, name)}")
+
+
 def build_pipeline(
     recipe: Recipe,
-    source: Callable[[], tuple[list[Any], ...]],
+    source: Callable[[], tuple[np.ndarray, ...]],
     *,
     batch_size: int,
     device: str = "cpu",
@@ -111,56 +181,74 @@ def build_pipeline(
     device_id: int | None = None,
     prefetch: int = 2,
     seed: int = 0,
+    gpu_decoder: GpuDecoder | None = None,
 ) -> Pipeline:
     """A built DALI pipeline whose outputs are the recipe's views, in order.
 
-    `source` is called once per batch and returns `pack_inputs(...)`; it raises StopIteration at
-    the end of the epoch. Views come out CHW: float32 normalised (also for "bfloat16", which the
-    loader converts, DALI having no bfloat16) or uint8 unnormalised.
+    `source` is called once per batch and returns (rows, params) on the CPU, (rows, params,
+    sizes) on the GPU: the JPEGs one per row of a (B, R) uint8 array, `param_layout`'s (B, K)
+    float32 array and the JPEGs' sizes (B, 1) int32; it raises StopIteration at the end of the
+    epoch. Views come out CHW: float32 normalised (also for "bfloat16", which the loader converts,
+    DALI having no bfloat16) or uint8 unnormalised.
     """
     if device not in ("cpu", "gpu"):
         raise ValueError(f"device must be 'cpu' or 'gpu', got {device!r}")
     views = recipe.graph_views()
     mean = [255.0 * m for m in recipe.mean]
     std = [255.0 * s for s in recipe.std]
+    layout, _ = param_layout(recipe)
+    decoder_args = {}
+    if device == "gpu":
+        settings = gpu_decoder or GpuDecoder()
+        decoder_args = {name: getattr(settings, name) for name in settings.__dataclass_fields__}
 
     @pipeline_def(enable_conditionals=True)
     def graph():  # noqa: ANN202 - DALI traces this function
-        names = [view_inputs(spec) for spec in views]
-        roi = roi_decode(recipe)
         inputs = fn.external_source(
-            source=source, num_outputs=1 + 2 * roi + sum(len(n) for n in names), batch=True,
-            cycle=None, no_copy=NO_COPY,
+            source=source, num_outputs=3 if device == "gpu" else 2, batch=True, cycle=None,
+            no_copy=True,
         )  # fmt: skip
+        rows, params = inputs[0], inputs[1]
+
+        def column(v: int, name: str) -> Any:
+            cut = layout[v][name]
+            if cut.stop - cut.start == 1:
+                return params[cut.start]
+            if name == "matrix":
+                return fn.reshape(params[cut.start : cut.stop], shape=[3, 3])
+            return params[cut.start : cut.stop]
+
+        if device == "gpu":  # nvJPEG gets each JPEG's bytes only, not the rest of its row
+            rows = fn.slice(
+                rows, 0, inputs[2], axes=[0], normalized_anchor=False, normalized_shape=False
+            )  # fmt: skip
         decoder = "mixed" if device == "gpu" else "cpu"
-        if roi:  # only the crop box is decoded; the view's ROI is then relative to it
+        # On the CPU, libjpeg-turbo stops at the end-of-image marker: the rest of a row is unread.
+        if "anchor" in layout[0]:  # only the crop box is decoded; the view's ROI is then relative to it
             decoded = fn.decoders.image_slice(
-                inputs[0], inputs[1], inputs[2], device=decoder, output_type=types.RGB,
-                normalized_anchor=False, normalized_shape=False,
+                rows, column(0, "anchor"), column(0, "shape"), device=decoder,
+                output_type=types.RGB, normalized_anchor=False, normalized_shape=False,
+                **decoder_args,
             )  # fmt: skip
         else:
-            decoded = fn.decoders.image(inputs[0], device=decoder, output_type=types.RGB)
+            decoded = fn.decoders.image(rows, device=decoder, output_type=types.RGB, **decoder_args)
         outputs = []
-        position = 1 + 2 * roi
-        # DALI's autograph rewrites zip() without `strict`; lengths match by construction.
-        for spec, view_names in zip(views, names):  # noqa: B905
-            got = dict(zip(view_names, inputs[position : position + len(view_names)]))  # noqa: B905
-            position += len(view_names)
+        for v, spec in enumerate(views):
             needs = _needs(spec)
             view = fn.resize(
                 decoded,
-                roi_start=got["roi_start"],
-                roi_end=got["roi_end"],
+                roi_start=column(v, "roi_start"),
+                roi_end=column(v, "roi_end"),
                 size=[spec.size, spec.size],
                 antialias=True,
                 dtype=types.UINT8,
             )
             if needs["colour"]:
-                view = _colour(view, got["matrix"], got["v"], got["w"], device)
+                view = _colour(view, column(v, "matrix"), column(v, "v"), column(v, "w"), device)
             if needs["blur"]:
-                view = _blur_where(view, got["blur"], got["sigma"])
+                view = _blur_where(view, column(v, "blur"), column(v, "sigma"))
             if needs["solarize"]:
-                view = _solarize_where(view, got["solarize"], spec.solarize_threshold)
+                view = _solarize_where(view, column(v, "solarize"), spec.solarize_threshold)
             view = _rotate(view, spec.rotation)
             if recipe.view_dtype == "uint8":
                 outputs.append(fn.transpose(view, perm=[2, 0, 1]))
@@ -195,14 +283,14 @@ def _colour(view: Any, matrix: Any, vec_v: Any, vec_w: Any, device: str) -> Any:
 
 def _blur_where(view: Any, blur: Any, sigma: Any) -> Any:
     # Window spans 3 sigma each side (DALI's default for a given sigma), reflect-101 borders.
-    if blur:
+    if fn.cast(blur, dtype=types.BOOL):
         view = fn.gaussian_blur(view, sigma=sigma)
     return view
 
 
 def _solarize_where(view: Any, solarize: Any, threshold: float) -> Any:
     level = math.ceil(threshold * 255 - 1e-9)  # uint8 values at or above threshold * 255
-    if solarize:
+    if fn.cast(solarize, dtype=types.BOOL):
         view = view ^ ((view >= level) * np.uint8(255))
     return view
 
@@ -220,54 +308,17 @@ def undecodable(batch: HostBatch) -> list[int]:
     return bad
 
 
-class HostAhead:
-    """The host side of the next batches (bytes, header probes, parameter draws, packed inputs),
-    built on a worker thread ahead of DALI's callback, in order (GPU graphs; inline on the CPU).
-    The callback runs on the thread that calls `pipe.run()`, the training thread: building
-    batches there serialised them with the training step (ResNet-50 on an H100 ran at 0.57x its
-    synthetic-data rate)."""
-
-    def __init__(
-        self, work: Callable[[int], Any], numbers: Sequence[int], depth: int, threaded: bool
-    ) -> None:
-        self._work = work
-        self._numbers = iter(numbers)
-        # one thread: the reader's ByteSource (its cache of open shard files) is not thread-safe
-        self._pool = ThreadPoolExecutor(1, thread_name_prefix="fastssl-host") if threaded else None
-        self._queue: deque[Future] = deque()
-        for _ in range(depth if threaded else 0):
-            self._submit()
-
-    def _submit(self) -> None:
-        number = next(self._numbers, None)
-        if number is not None:
-            self._queue.append(self._pool.submit(self._work, number))
-
-    def next(self) -> Any:
-        """The next batch's result (its exception re-raised); StopIteration after the last."""
-        if self._pool is None:
-            return self._work(next(self._numbers))
-        if not self._queue:
-            raise StopIteration
-        future = self._queue.popleft()
-        self._submit()
-        return future.result()
-
-    def close(self) -> None:
-        """Cancel what has not started and wait for what has, so nothing reads after this."""
-        self._queue.clear()
-        if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=True)
-
-
 class DaliBackend:
     """Runs a recipe's DALI graph over the batches of an epoch plan, in the plan's order.
 
-    A graph is built on first use and reset between complete epochs; an epoch abandoned midway, or
-    a graph that failed, is rebuilt. A decoder failure is traced to its sample by decoding the
-    batches in flight with PIL: with `on_error="raise"` it becomes a `DecodeError` naming shard and
-    key, with "skip" the sample is replaced (valid=False, listed in `skipped`) and the run goes on
-    from the failed batch on a fresh graph.
+    The host side of every batch runs in `host_workers` feeder processes (`fastssl.host.feeder`),
+    which build it into shared slots ahead of the graph; DALI's callback, on the thread that calls
+    `pipe.run()` (the training thread), only hands a ready slot over. A graph is built on first
+    use and reset between complete epochs; an epoch abandoned midway, or a graph that failed, is
+    rebuilt. A decoder failure is traced to its sample by decoding the batches in flight with PIL:
+    with `on_error="raise"` it becomes a `DecodeError` naming shard and key, with "skip" the sample
+    is replaced (valid=False, listed in `skipped`) and the run goes on from the failed batch on a
+    fresh graph.
     """
 
     def __init__(
@@ -280,11 +331,16 @@ class DaliBackend:
         prefetch: int,
         device_id: int | None = None,
         seed: int = 0,
+        host_workers: int = 1,
+        gpu_decoder: GpuDecoder | None = None,
         timings: dict[str, float] | None = None,
     ) -> None:
+        if host_workers < 1:
+            raise ValueError(f"host_workers must be at least 1, got {host_workers}")
         self.recipe = recipe
         self.timings = timings  # seconds per stage, when profiling
         self.device = device
+        self.host_workers = host_workers
         self.target = torch.device("cuda", device_id or 0) if device == "gpu" else torch.device("cpu")
         self.options = dict(
             batch_size=batch_size,
@@ -293,57 +349,95 @@ class DaliBackend:
             device_id=device_id,
             prefetch=prefetch,
             seed=seed,
+            gpu_decoder=gpu_decoder,
         )
         self._pipe: Pipeline | None = None
         self._clean = False  # True when the graph finished an epoch and was reset
-        self._pending: deque[HostBatch] = deque()
-        self._ahead: HostAhead | None = None
-        self._reader: BatchReader | None = None
+        self._pending: deque[HostBatch] = deque()  # fed to the graph, outputs not out yet
+        self._slots: list[Slot] = []
+        self._feeders: Feeders | None = None
         self._error: BaseException | None = None
+        self._fed_seconds = 0.0  # spent in the callback since the last pipe.run() began
 
-    def _host(self, number: int) -> tuple[HostBatch, tuple[list[Any], ...]]:
-        try:
-            batch = self._reader(number)
-            start = perf_counter()
-            packed = pack_inputs(self.recipe, batch)
-            if self.timings is not None:
-                self.timings["pack"] = self.timings.get("pack", 0.0) + perf_counter() - start
-            return batch, packed
-        except StopIteration as err:  # would end DALI's epoch silently
-            raise RuntimeError(f"batch {number}: unexpected StopIteration") from err
+    def _build(self, reader: BatchReader, number: int, slot: Slot) -> tuple[HostBatch, dict | None]:
+        """`build_batch` in a feeder, with the seconds of each host stage when profiling."""
+        reader.timings = {} if self.timings is not None else None
+        return build_batch(self.recipe, reader, number, slot), reader.timings
 
-    def _source(self) -> tuple[list[Any], ...]:
+    def _source(self) -> tuple[np.ndarray, ...]:
+        start = perf_counter()
+        if self._feeders is None:  # nothing left to read
+            raise StopIteration
         try:
-            batch, packed = self._ahead.next()  # StopIteration ends the epoch for DALI
+            _, index, (batch, stages) = self._feeders.next()  # StopIteration ends DALI's epoch
         except StopIteration:
             raise
         except BaseException as err:  # kept: DALI wraps errors raised in its callback
             self._error = err
             raise
-        # With no_copy DALI reads these arrays in place until the batch's outputs come out of
-        # pipe.run(): the pending batch keeps them (and the buffer its JPEGs are views of) alive.
-        batch.fed = packed
+        # DALI reads the slot in place (no_copy) until this batch's outputs come out of pipe.run():
+        # only then is the slot given back to the feeders.
+        batch.fed = index
         self._pending.append(batch)
-        return packed
+        slot, n = self._slots[index], len(batch)
+        inputs = (slot.rows[:n], slot.params[:n]) + ((slot.sizes[:n],) if self.device == "gpu" else ())
+        if self.timings is not None:
+            for name, seconds in (stages or {}).items():
+                self.timings[name] = self.timings.get(name, 0.0) + seconds
+            spent = perf_counter() - start
+            self.timings["feed"] = self.timings.get("feed", 0.0) + spent
+            self._fed_seconds += spent
+        return inputs
+
+    def _make_slots(self, reader: BatchReader, numbers: Sequence[int]) -> None:
+        """Slots for the batches `numbers` of the reader's plan, the ones there are when they fit."""
+        plan, size = reader.plan, self.options["batch_size"]
+        span = slice(min(numbers) * size, (max(numbers) + 1) * size)
+        shards, samples = plan.shard[span], plan.sample[span]
+
+        def largest(ext: str) -> int:
+            return int(reader.source.member_sizes(shards, samples, ext).max(initial=0))
+
+        max_jpeg = max(largest("jpg"), PLACEHOLDER_SIZE)
+        others = int(reader.labelled)
+        max_other = largest("cls") if others else 0
+        _, columns = param_layout(self.recipe)
+        count = self.options["prefetch"] + 2 + self.host_workers
+        shape = (size, max_jpeg, max_other, columns, others)
+        if len(self._slots) != count or not all(slot.fits(*shape) for slot in self._slots):
+            self._slots = []  # unmapped once DALI and the old feeders let go of them
+            self._slots = [Slot(*shape) for _ in range(count)]
+
+    def _warm(self, reader: BatchReader, number: int) -> None:
+        """Build one batch here, once per process and kind of batch, and throw it away: the compiled
+        kernels it runs are then loaded in this process, and every feeder forked from it has them
+        (else each feeder loads them from Numba's cache when it starts: 0.7 s per epoch here)."""
+        needs = tuple(tuple(sorted(_needs(spec).items())) for spec in self.recipe.graph_views())
+        kind = (type(self.recipe), needs, reader.labelled)
+        if kind in _WARMED:
+            return
+        timings, reader.timings = reader.timings, None
+        try:
+            with contextlib.suppress(DataError):  # raised again, in order, by the feeder
+                build_batch(self.recipe, reader, number, self._slots[0])
+        finally:
+            reader.timings = timings
+        _WARMED.add(kind)
 
     def _start(self, reader: BatchReader, numbers: Sequence[int]) -> None:
+        self._stop_feeders()
         if self._pipe is not None and self._clean:
             self._pipe.reset()
         else:
             self.close()
             self._pipe = build_pipeline(self.recipe, self._source, **self.options)
         self._clean = False
-        if self._ahead is not None:
-            self._ahead.close()
-        self._reader = reader
         self._pending.clear()
         self._error = None
-        # Read ahead on a thread only for GPU graphs, where it overlaps the training step. On the
-        # CPU it gains nothing (DALI's threads have the cores), and a Python thread that may be
-        # mid-read when another loader forks its decode workers risks a deadlocked child.
-        self._ahead = HostAhead(
-            self._host, list(numbers), depth=self.options["prefetch"] + 2, threaded=self.device == "gpu"
-        )
+        if len(numbers):
+            self._make_slots(reader, numbers)
+            self._warm(reader, numbers[0])
+            self._feeders = Feeders(partial(self._build, reader), numbers, self._slots, self.host_workers)
 
     def run(
         self, reader: BatchReader, numbers: Sequence[int]
@@ -351,43 +445,45 @@ class DaliBackend:
         remaining = list(numbers)
         self._start(reader, remaining)
         timings = self.timings
-        host_stages = ("read", "checks", "labels", "params", "pack")
         while True:
-            if timings is not None:
-                host_before = sum(timings.get(k, 0.0) for k in host_stages)
-                start = perf_counter()
+            self._fed_seconds = 0.0
+            start = perf_counter()
             try:
                 outputs = self._pipe.run()
             except StopIteration:
                 self._pipe.reset()
                 self._clean = True
+                self._stop_feeders()
                 return
             except Exception as err:
                 if self._error is not None:
+                    self._stop_feeders()
                     raise self._error from None
                 resume_at = self._recover(reader, err)
                 remaining = remaining[remaining.index(resume_at) :]
                 self._start(reader, remaining)
                 continue
             batch = self._pending.popleft()
+            self._feeders.release(batch.fed)
             remaining.pop(0)
             if timings is None:
                 yield batch, [_to_torch(out, self.target) for out in outputs]
                 continue
-            # on CPU graphs the host side runs inside pipe.run() (DALI's callback): not decode time;
-            # on GPU graphs it runs on its own thread, beside pipe.run()
-            ran = perf_counter() - start
-            if self.device == "cpu":
-                ran -= sum(timings.get(k, 0.0) for k in host_stages) - host_before
+            # DALI calls the callback (`feed`) from inside pipe.run(): not decode time
+            ran = perf_counter() - start - self._fed_seconds
             timings["decode + views"] = timings.get("decode + views", 0.0) + ran
-            start = perf_counter()
+            start, thread_start = perf_counter(), thread_time()
             views = [_to_torch(out, self.target) for out in outputs]
             timings["to_torch"] = timings.get("to_torch", 0.0) + perf_counter() - start
+            timings["to_torch cpu"] = timings.get("to_torch cpu", 0.0) + thread_time() - thread_start
             yield batch, views
 
     def _recover(self, reader: BatchReader, err: Exception) -> int:
         """After a failed graph: name the culprit (raise) or mark it for substitution (skip);
         returns the batch number to resume from."""
+        for batch in self._pending:  # their bytes, out of the slots before the feeders stop
+            rows = self._slots[batch.fed].rows
+            batch.jpegs = [rows[i, :size].copy() for i, size in enumerate(batch.sizes.tolist())]
         self.close()
         found = 0
         for batch in self._pending:
@@ -408,19 +504,22 @@ class DaliBackend:
             f"one of them: {err}"
         ) from err
 
+    def _stop_feeders(self) -> None:
+        if self._feeders is not None:
+            self._feeders.close()
+            self._feeders = None
+
     def close(self) -> None:
-        """Shut the graph down now (its threads and buffers), and the host-side threads.
+        """Shut the graph down now (its threads and buffers), and the feeder processes.
 
         Now, not when the garbage collector reaches it: DALI's pipeline sits in reference cycles,
-        and a process forked before the collector ran (a Kornia decode worker) would run its
+        and a process forked before the collector ran (a decode worker, a feeder) would run its
         destructor there, waiting on threads that exist only in the parent."""
+        self._stop_feeders()
         if self._pipe is not None:
             self._pipe._shutdown()  # what Pipeline.__del__ does; idempotent
         self._pipe = None
         self._clean = False
-        if self._ahead is not None:
-            self._ahead.close()
-            self._ahead = None
 
 
 def _to_torch(output: Any, device: torch.device) -> torch.Tensor:

@@ -82,6 +82,7 @@ def _measure(
     for _ in range(warmup):
         next(batches)
         bar.update()
+    _synchronize()
     if on_start is not None:  # e.g. forget the warm-up's stage timings
         on_start()
     cpu0, _ = tree_usage()
@@ -90,6 +91,7 @@ def _measure(
     for _ in range(timed):
         images += images_per_batch(next(batches))
         bar.update()
+    _synchronize()  # GPU work queued for the last batches is part of their time
     wall = time.perf_counter() - start
     cpu1, peak = tree_usage()
     bar.close()
@@ -100,6 +102,13 @@ def _measure(
         "peak_rss_mb": peak / 2**20,
         "cpu_util": (cpu1 - cpu0) / wall / _cores(),
     }
+
+
+def _synchronize() -> None:
+    import torch
+
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
 
 
 def _epochs(make: Any) -> Iterator[Any]:
@@ -149,7 +158,8 @@ def run_child(name: str, config: dict) -> dict:
     if name == "dali_native":
         from fastssl.bench.dali_native import native_batches
 
-        result = _measure(native_batches(manifest, recipe, bs, workers), lambda b: len(b[0]), *args)
+        gpu = config["device"] == "cuda"
+        result = _measure(native_batches(manifest, recipe, bs, workers, gpu=gpu), lambda b: len(b[0]), *args)
         result["transforms"] = "as DALI's docs write it"
         return result
     from fastssl.bench.baseline import DecodeOnlyDataset, PilRecipeDataset, baseline_uses_torchvision
@@ -162,6 +172,7 @@ def run_child(name: str, config: dict) -> dict:
         dataset = PilPatchDataset(manifest, recipe)
     else:
         dataset = PilRecipeDataset(manifest, recipe)
+    on_gpu = config["device"] == "cuda" and name == "baseline"
     dataloader = torch.utils.data.DataLoader(
         dataset,
         batch_size=bs,
@@ -169,13 +180,21 @@ def run_child(name: str, config: dict) -> dict:
         num_workers=workers,
         drop_last=True,
         persistent_workers=workers > 0,
+        pin_memory=on_gpu,
     )
 
     def epoch(e: int) -> Iterable[Any]:
         torch.manual_seed(e)
         return iter(dataloader)
 
-    count = (lambda b: len(b[0])) if name == "baseline" else len
+    def count(batch: Any) -> int:
+        if name != "baseline":
+            return len(batch)
+        if on_gpu:  # the views where fastssl puts them, as a training step would take them
+            for view in batch:
+                view.to("cuda", non_blocking=True)
+        return len(batch[0])
+
     result = _measure(_epochs(epoch), count, *args)
     if name == "baseline":
         if isinstance(recipe, PatchRecipe):

@@ -89,15 +89,25 @@ class DemoCorpus:
         )
 
 
-def _random_crop(rng: np.random.Generator, image: Image.Image) -> Image.Image:
-    """A crop of varied aspect, resampled to a shorter side of 300-500 px.
+# Shorter sides of the demo corpus (300-500 px, mean about 340: 70-80 KB files) and of the
+# ImageNet-like one the GPU benchmarks use (uniform 350-500 px: about 110 KB, as ImageNet's mean).
+DEMO_SIDES = (300, 500, 4.0)
+IMAGENET_SIDES = (350, 500, 1.0)
+
+
+def _random_crop(
+    rng: np.random.Generator, image: Image.Image, sides: tuple[float, float, float] = DEMO_SIDES
+) -> Image.Image:
+    """A crop of varied aspect, resampled to a shorter side in [sides[0], sides[1]] px, drawn
+    from low + (high - low) * Beta(1, sides[2]).
 
     The crop is taken near the photo's native resolution (zoom 0.8-1.25, more only when the photo
     is too small) so that the result keeps real detail instead of upscaling blur.
     """
     width, height = image.size
     aspect = rng.uniform(1.0, 1.5) if rng.random() < 0.75 else rng.uniform(2 / 3, 1.0)
-    short = 300 + 200 * rng.beta(1.0, 4.0)  # 300-500 px, mean about 340
+    low, high, skew = sides
+    short = low + (high - low) * rng.beta(1.0, skew)
     out_w, out_h = (short * aspect, short) if aspect >= 1 else (short, short / aspect)
     zoom = max(rng.uniform(0.8, 1.25), out_w / width, out_h / height)
     crop_w, crop_h = min(width, out_w / zoom), min(height, out_h / zoom)
@@ -124,10 +134,19 @@ def _save_jpeg(rng: np.random.Generator, image: Image.Image, path: Path) -> None
     image.save(path, format="JPEG", quality=int(rng.integers(85, 96)), subsampling=int(rng.choice([0, 2])))
 
 
-def build_demo_corpus(out: str | os.PathLike, num_images: int = 2000, seed: int = 0) -> DemoCorpus:
-    """Write `num_images` JPEGs into `out/<photo>/<photo>_<n>.jpg`; the same seed gives the same bytes.
+def build_demo_corpus(
+    out: str | os.PathLike,
+    num_images: int = 2000,
+    seed: int = 0,
+    *,
+    first: int = 0,
+    sides: tuple[float, float, float] = DEMO_SIDES,
+) -> DemoCorpus:
+    """Write JPEGs number `first` .. `first + num_images - 1` into `out/<photo>/<photo>_<n>.jpg`;
+    the same seed gives the same bytes (so several processes may each write a range).
 
-    Classes are balanced (round-robin over the source photos).
+    Classes are balanced (round-robin over the source photos). `sides` sets the shorter sides
+    (`DEMO_SIDES`; `IMAGENET_SIDES` for ImageNet's file sizes).
     """
     if num_images < 1:
         raise ValueError(f"num_images must be at least 1, got {num_images}")
@@ -137,10 +156,10 @@ def build_demo_corpus(out: str | os.PathLike, num_images: int = 2000, seed: int 
     corpus = DemoCorpus(root, [p.name for p in photos])
     for photo in photos:
         (root / photo.name).mkdir(parents=True, exist_ok=True)
-    for n in range(num_images):
+    for n in range(first, first + num_images):
         rng = np.random.default_rng([seed, n])
         k = n % len(photos)
-        image = _colour_and_grain(rng, _random_crop(rng, loaded[k]))
+        image = _colour_and_grain(rng, _random_crop(rng, loaded[k], sides))
         path = root / photos[k].name / f"{photos[k].name}_{n:06d}.jpg"
         _save_jpeg(rng, image, path)
         corpus.widths.append(image.width)

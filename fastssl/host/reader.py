@@ -3,8 +3,9 @@ per batch: one compiled read of every member with its tar header checked, one co
 the JPEG header facts and one for the labels; only samples those passes leave in doubt (bad data,
 unusual files) take the per-sample path, whose errors name shard, key and cause.
 
-Both backends start from a `HostBatch`: the DALI backend feeds it to `fn.external_source` from the
-main thread, the Kornia backend builds it inside its decode workers. It holds everything except
+Both backends start from a `HostBatch`, built in worker processes: the DALI backend's feeders
+build it into a shared slot (`fastssl.host.feeder`, `fastssl.host.slots`) that the graph reads in
+place, the Kornia backend inside its decode workers. It holds everything except
 pixels: encoded bytes, source sizes (read from the image header, which also enforces the pixel
 limit before anything is decoded), labels, keys, the plan's `valid` flags and each view's sampled
 parameters (`fastssl.host.params`).
@@ -28,6 +29,7 @@ from fastssl.data.source import ByteSource
 from fastssl.errors import DataError, DecodeError
 from fastssl.host.params import sample_params
 from fastssl.host.patch_params import sample_patch_params
+from fastssl.host.slots import Slot
 from fastssl.kernels.jpeg_header import OK, jpeg_facts
 from fastssl.kernels.labels import parse_labels
 from fastssl.recipes import PatchRecipe, Recipe
@@ -51,7 +53,7 @@ class HostBatch:
     patch-grid draws of patch recipes (`fastssl.host.patch_params`), else None."""
 
     number: int
-    jpegs: list[np.ndarray]
+    jpegs: list[np.ndarray]  # empty for a batch built into a slot: its bytes are the slot's rows
     heights: np.ndarray
     widths: np.ndarray
     keys: list[str]
@@ -62,6 +64,7 @@ class HostBatch:
     skipped: list[dict[str, str]] = field(default_factory=list)
     patch: dict[str, np.ndarray] | None = None
     sample_ids: np.ndarray | None = None  # global sample ids, the key of every random draw
+    sizes: np.ndarray | None = None  # bytes of each JPEG
     fed: object = None  # what a backend handed to its decoder from this batch, kept alive with it
 
     def __len__(self) -> int:
@@ -97,7 +100,9 @@ class BatchReader:
         self.timings = timings
         self._shard_names = np.array([info.path for info in manifest.shards], dtype=object)
 
-    def __call__(self, number: int) -> HostBatch:
+    def __call__(self, number: int, into: Slot | None = None) -> HostBatch:
+        """Batch `number`; with `into`, its JPEGs are read into the slot's rows (and `jpegs` left
+        empty), else into a buffer of the reader's own, viewed by `jpegs`."""
         timed = self.timings is not None
         clock = perf_counter()
         stages: dict[str, float] = {}
@@ -112,7 +117,9 @@ class BatchReader:
         entries = self.plan.batch(number)
         exts = ("jpg", "cls") if self.labelled else ("jpg",)
         n = len(entries.shard)
-        got = self.source.read_batch(entries.shard, entries.sample, exts)
+        got = self.source.read_batch(
+            entries.shard, entries.sample, exts, layout=None if into is None else into.layout
+        )
         keys = got.keys
         shards = self._shard_names[entries.shard].tolist()
         lap("read")
@@ -131,18 +138,23 @@ class BatchReader:
         if self.substitute:
             pairs = zip(shards, keys, strict=True)
             doubt |= np.fromiter((pair in self.substitute for pair in pairs), np.bool_, n)
-        starts, sizes = got.start[:, 0].tolist(), got.size[:, 0].tolist()
-        jpegs = [got.buf[a : a + b] for a, b in zip(starts, sizes, strict=True)]
+        sizes = got.size[:, 0].copy()
+        if into is None:
+            starts = got.start[:, 0].tolist()
+            jpegs = [got.buf[a : a + b] for a, b in zip(starts, sizes.tolist(), strict=True)]
+        else:
+            jpegs = []
         valid = entries.valid.copy()
         skipped: list[dict[str, str]] = []
         for i in np.flatnonzero(doubt).tolist():
             try:
                 jpeg, heights[i], widths[i], label = self._one_by_one(
                     int(entries.shard[i]), int(entries.sample[i]), shards[i], keys[i], exts,
-                    None if got.slow[i] else jpegs[i], None if got.slow[i] or labels is None or parsed[i]
+                    None if got.slow[i] else got.buf[got.start[i, 0] : got.start[i, 0] + sizes[i]],
+                    None if got.slow[i] or labels is None or parsed[i]
                     else got.buf[got.start[i, 1] : got.start[i, 1] + got.size[i, 1]],
                 )  # fmt: skip
-                jpegs[i] = jpeg
+                self._place(jpegs, into, i, jpeg, sizes)
                 if labels is not None and label is not None:
                     labels[i] = label
             except DataError as err:
@@ -152,7 +164,7 @@ class BatchReader:
                     skipped.append(
                         {"shard": shards[i], "key": keys[i], "reason": getattr(err, "reason", str(err))}
                     )
-                jpegs[i] = _PLACEHOLDER_ARRAY
+                self._place(jpegs, into, i, _PLACEHOLDER_ARRAY, sizes)
                 heights[i] = widths[i] = 8
                 valid[i] = False
                 if labels is not None:
@@ -168,12 +180,24 @@ class BatchReader:
         )
         batch = HostBatch(number, jpegs, heights, widths, keys, shards, labels, valid, params, skipped)
         batch.sample_ids = np.asarray(entries.global_id, dtype=np.int64)
+        batch.sizes = sizes
         self.draw_patches(batch)
         lap("params")
         if timed:
             for name, value in stages.items():
                 self.timings[name] = self.timings.get(name, 0.0) + value
         return batch
+
+    @staticmethod
+    def _place(
+        jpegs: list[np.ndarray], into: Slot | None, i: int, jpeg: np.ndarray, sizes: np.ndarray
+    ) -> None:
+        """Position i's bytes are `jpeg` (from the per-sample path, or the placeholder)."""
+        sizes[i] = len(jpeg)
+        if into is None:
+            jpegs[i] = jpeg
+        elif not np.may_share_memory(jpeg, into.rows[i]):  # already in place when the batch read it
+            into.put(i, jpeg)
 
     def _one_by_one(
         self,

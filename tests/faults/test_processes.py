@@ -36,6 +36,23 @@ def shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.mark.timeout(120)
+def test_a_killed_feeder_process_raises_a_worker_error_within_seconds(shards) -> None:
+    pytest.importorskip("nvidia.dali")
+    with SSLLoader(shards, RECIPE, 2, backend="dali", device="cpu", num_threads=1) as loader:
+        before = set(multiprocessing.active_children())
+        batches = iter(loader)
+        next(batches)
+        feeders = [w for w in multiprocessing.active_children() if w not in before]
+        assert [w.name for w in feeders] == ["fastssl-feeder"]
+        start = time.monotonic()
+        os.kill(feeders[0].pid, signal.SIGKILL)
+        with pytest.raises(WorkerError, match=r"feeder process .* killed by signal 9"):
+            for _ in batches:
+                pass
+        assert time.monotonic() - start < 20
+
+
+@pytest.mark.timeout(120)
 def test_a_killed_decode_worker_raises_a_worker_error_within_seconds(shards) -> None:
     with SSLLoader(shards, RECIPE, 2, backend="kornia", device="cpu", num_threads=2) as loader:
         before = set(multiprocessing.active_children())  # children of earlier tests are not ours
@@ -59,10 +76,10 @@ def test_a_failing_host_side_raises_its_cause_from_the_dali_iterator(shards, mon
     pytest.importorskip("nvidia.dali")
     real = BatchReader.__call__
 
-    def failing(self, number):
+    def failing(self, number, into=None):
         if number == 2:
             raise OSError("the disk went away")
-        return real(self, number)
+        return real(self, number, into)
 
     monkeypatch.setattr(BatchReader, "__call__", failing)
     start = time.monotonic()
