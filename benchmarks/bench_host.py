@@ -1,7 +1,9 @@
 """The host side alone: what building one batch's DALI inputs costs per sample, with its wall-clock split.
 
-One process, one thread, no decoding: `BatchReader(number)` (bytes, header checks, labels, parameter
-draws) and `pack_inputs` (the external_source columns) for every batch of an epoch, SimCLR with labels.
+One process, one thread, no decoding: what a feeder process does per batch (`build_batch`: the
+`BatchReader` reads bytes into a shared slot's rows, checks headers, parses labels, draws parameters;
+`pack_params` writes the graph's parameter array) for every batch of an epoch, SimCLR with labels,
+into as many slots, in turn, as a loader with the default prefetch uses.
 The split times each stage with `time.perf_counter` around it (read, checks, labels, parameters,
 packing); the total is measured without the timers. Median of `--repeats` epochs.
 
@@ -17,20 +19,30 @@ import statistics
 import time
 from pathlib import Path
 
-from fastssl.pipelines.dali_views import pack_inputs
+from fastssl.pipelines.dali_views import PLACEHOLDER_SIZE, build_batch, param_layout
 
 from fastssl.data.manifest import Manifest
 from fastssl.data.plan import EpochPlan
 from fastssl.data.source import ByteSource
 from fastssl.host.reader import BatchReader
+from fastssl.host.slots import Slot
 from fastssl.recipes import get_recipe
 
 
-def _epoch(reader: BatchReader, recipe, batches: int) -> float:
+def _epoch(reader: BatchReader, recipe, batches: int, slots: list[Slot]) -> float:
     start = time.perf_counter()
     for number in range(batches):
-        pack_inputs(recipe, reader(number))
+        build_batch(recipe, reader, number, slots[number % len(slots)])
     return time.perf_counter() - start
+
+
+def _slots(source: ByteSource, plan: EpochPlan, recipe, batch_size: int, count: int = 5) -> list[Slot]:
+    def largest(ext: str) -> int:
+        return int(source.member_sizes(plan.shard, plan.sample, ext).max())
+
+    columns = param_layout(recipe)[1]
+    shape = (batch_size, max(largest("jpg"), PLACEHOLDER_SIZE), largest("cls"), columns, 1)
+    return [Slot(*shape) for _ in range(count)]
 
 
 def main() -> None:
@@ -47,19 +59,16 @@ def main() -> None:
     recipe = get_recipe(args.recipe)
     totals, splits = [], []
     source = ByteSource(manifest)  # one for the run, as SSLLoader keeps one for its life
+    slots = None
     for repeat in range(args.repeats + 1):  # the first epoch warms caches and compiles: not counted
         plan = EpochPlan(manifest, epoch=repeat, seed=0, batch_size=args.batch_size, world_size=1, rank=0)
         reader = BatchReader(manifest, plan, recipe, source=source)
         samples = len(plan.entries.shard)
-        total = _epoch(reader, recipe, len(plan))
+        slots = slots or _slots(source, plan, recipe, args.batch_size)
+        total = _epoch(reader, recipe, len(plan), slots)
         reader = BatchReader(manifest, plan, recipe, source=source, timings={})
-        timed = time.perf_counter()
         for number in range(len(plan)):
-            batch = reader(number)
-            start = time.perf_counter()
-            pack_inputs(recipe, batch)
-            reader.timings["pack"] = reader.timings.get("pack", 0.0) + time.perf_counter() - start
-        timed = time.perf_counter() - timed
+            build_batch(recipe, reader, number, slots[number % len(slots)])
         if repeat:
             totals.append(total / samples * 1e6)
             splits.append({k: v / samples * 1e6 for k, v in reader.timings.items()})
