@@ -178,3 +178,51 @@ def test_dali_decodes_a_row_as_its_jpeg_alone_whatever_follows_it(tmp_path) -> N
         assert np.array_equal(np.array(full[i]), np.array(full_padded[i]))
         assert np.array_equal(np.array(box[i]), np.array(box_padded[i]))
         assert np.array(box[i]).shape == (16, 20, 3)
+
+
+def _epoch(loader) -> list[tuple[list[str], list[bool], list]]:
+    return [(b["key"], b["valid"].tolist(), [v.clone() for v in b["views"]]) for b in loader]
+
+
+def test_several_feeders_give_the_batches_one_gives_skips_and_resume_included(tmp_path) -> None:
+    pytest.importorskip("nvidia.dali")
+    import torch
+
+    from fastssl.data.faults import plant_in_place
+    from fastssl.loader import SSLLoader
+    from fastssl.recipes import SimCLR
+
+    clean_shards(tmp_path / "set", shards=3, per_shard=12)
+    planted = plant_in_place(tmp_path / "set", per_kind=1, seed=3)
+    recipe = SimCLR(size=24)
+
+    def loader(workers: int) -> SSLLoader:
+        return SSLLoader(
+            tmp_path / "set", recipe, 5, backend="dali", device="cpu", num_threads=1, on_error="skip",
+            host_workers=workers,
+        )  # fmt: skip
+
+    with loader(1) as one, loader(3) as three:
+        expected, got = _epoch(one), _epoch(three)
+        assert sorted(one.skipped, key=str) == sorted(three.skipped, key=str)
+        assert len(one.skipped) == len(planted)
+        three.set_epoch(0)
+        it = iter(three)
+        for _ in range(2):
+            next(it)
+        state = three.state_dict()
+    assert [(k, v) for k, v, _ in got] == [(k, v) for k, v, _ in expected]
+    for (_, _, a), (_, _, b) in zip(got, expected, strict=True):
+        assert all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
+    with loader(2) as resumed:
+        resumed.load_state_dict(state)
+        rest = _epoch(resumed)
+    assert [k for k, _, _ in rest] == [k for k, _, _ in expected[2:]]
+
+
+def test_host_workers_must_be_positive(tmp_path) -> None:
+    from fastssl.loader import SSLLoader
+
+    clean_shards(tmp_path / "set", shards=2, per_shard=4)
+    with pytest.raises(ValueError, match="host_workers must be at least 1"):
+        SSLLoader(tmp_path / "set", "simclr", 2, backend="kornia", device="cpu", host_workers=0)

@@ -70,7 +70,11 @@ def check_image(data: bytes, *, max_pixels: int, shard: str, key: str) -> tuple[
         with own_pixel_limit(), Image.open(io.BytesIO(data)) as image:
             width, height = image.size
             kind, mode = image.format, image.mode
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+    except UnidentifiedImageError as err:  # PIL's own message names a BytesIO object's address
+        raise ImageHeaderError(
+            "cannot read the image header: not an image format PIL recognises", shard=shard, key=key
+        ) from err
+    except (OSError, SyntaxError, ValueError) as err:
         raise ImageHeaderError(f"cannot read the image header: {err}", shard=shard, key=key) from err
     if kind not in JPEG_FORMATS:
         raise ImageHeaderError(
