@@ -360,9 +360,13 @@ class DaliBackend:
         self._fed_seconds = 0.0  # spent in the callback since the last pipe.run() began
 
     def _build(self, reader: BatchReader, number: int, slot: Slot) -> tuple[HostBatch, dict | None]:
-        """`build_batch` in a feeder, with the seconds of each host stage when profiling."""
+        """`build_batch` in a feeder, with the seconds of each host stage when profiling. The
+        parameter dicts stay behind unless the consumer yields them (a third of what is pickled)."""
         reader.timings = {} if self.timings is not None else None
-        return build_batch(self.recipe, reader, number, slot), reader.timings
+        batch = build_batch(self.recipe, reader, number, slot)
+        if not self.recipe.batch_params:
+            batch.params = []
+        return batch, reader.timings
 
     def _source(self) -> tuple[np.ndarray, ...]:
         start = perf_counter()

@@ -109,6 +109,12 @@ class Recipe:
         return self.views()
 
     @property
+    def batch_params(self) -> bool:
+        """Whether the batch carries something taken from the sampled parameters (`params` with
+        `return_params`; Rotation's labels): backends that build batches elsewhere send them."""
+        return self.return_params
+
+    @property
     def view_dtype(self) -> Dtype:
         """What the backends' view graphs emit: the recipe's dtype, or uint8 for recipes that cut
         patches from the views afterwards (`fastssl.recipes.patches`)."""
@@ -250,6 +256,10 @@ class Rotation(Recipe):
     def views(self) -> tuple[ViewSpec, ...]:
         spec = self._view(crop="resize_random")
         return tuple(dataclasses.replace(spec, rotation=k) for k in range(4))
+
+    @property
+    def batch_params(self) -> bool:
+        return True  # the `rotation` labels are the views' parameters
 
 
 @dataclass(frozen=True)
