@@ -18,7 +18,6 @@ import math
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from functools import partial
 from time import perf_counter, thread_time
 from typing import Any
 
@@ -31,6 +30,7 @@ from nvidia.dali.pipeline import Pipeline
 from nvidia.dali.plugin.pytorch import feed_ndarray
 from PIL import Image
 
+from fastssl.data.plan import EpochPlan, PlanState
 from fastssl.errors import DataError, DecodeError, WorkerError
 from fastssl.host.feeder import Feeders
 from fastssl.host.reader import PLACEHOLDER, BatchReader, HostBatch
@@ -308,6 +308,35 @@ def undecodable(batch: HostBatch) -> list[int]:
     return bad
 
 
+class _FeederJob:
+    """What each feeder runs (`fastssl.host.feeder.Job`): the batches of the run's epoch, built into
+    slots. Forked with the loader's reader; each run's `setup` brings the epoch's plan (rebuilt
+    from its state, the same plan) and the samples to substitute."""
+
+    def __init__(self, recipe: Recipe, reader: BatchReader, profile: bool) -> None:
+        self.recipe, self.reader, self.profile = recipe, reader, profile
+
+    def setup(self, message: tuple[dict, set]) -> None:
+        state, substitute = message
+        template = self.reader
+        plan = EpochPlan.from_state(template.source.manifest, PlanState.from_dict(state))
+        self.reader = BatchReader(
+            template.source.manifest, plan, self.recipe, on_error=template.on_error,
+            max_pixels=template.max_pixels, source=template.source,
+        )  # fmt: skip
+        self.reader.substitute = set(substitute)
+
+    def __call__(self, number: int, slot: Slot) -> tuple[HostBatch, dict | None]:
+        """`build_batch`, with the seconds of each host stage when profiling. The parameter dicts
+        stay behind unless the consumer yields them (a third of what is pickled)."""
+        reader = self.reader
+        reader.timings = {} if self.profile else None
+        batch = build_batch(self.recipe, reader, number, slot)
+        if not self.recipe.batch_params:
+            batch.params = []
+        return batch, reader.timings
+
+
 class DaliBackend:
     """Runs a recipe's DALI graph over the batches of an epoch plan, in the plan's order.
 
@@ -355,22 +384,14 @@ class DaliBackend:
         self._clean = False  # True when the graph finished an epoch and was reset
         self._pending: deque[HostBatch] = deque()  # fed to the graph, outputs not out yet
         self._slots: list[Slot] = []
-        self._feeders: Feeders | None = None
+        self._feeders: Feeders | None = None  # forked at the first run, kept for the next ones
+        self._running = False  # whether the current run has batches
         self._error: BaseException | None = None
         self._fed_seconds = 0.0  # spent in the callback since the last pipe.run() began
 
-    def _build(self, reader: BatchReader, number: int, slot: Slot) -> tuple[HostBatch, dict | None]:
-        """`build_batch` in a feeder, with the seconds of each host stage when profiling. The
-        parameter dicts stay behind unless the consumer yields them (a third of what is pickled)."""
-        reader.timings = {} if self.timings is not None else None
-        batch = build_batch(self.recipe, reader, number, slot)
-        if not self.recipe.batch_params:
-            batch.params = []
-        return batch, reader.timings
-
     def _source(self) -> tuple[np.ndarray, ...]:
         start = perf_counter()
-        if self._feeders is None:  # nothing left to read
+        if not self._running:  # nothing to read in this run
             raise StopIteration
         try:
             _, index, (batch, stages) = self._feeders.next()  # StopIteration ends DALI's epoch
@@ -393,24 +414,38 @@ class DaliBackend:
             self._fed_seconds += spent
         return inputs
 
-    def _make_slots(self, reader: BatchReader, numbers: Sequence[int]) -> None:
-        """Slots for the batches `numbers` of the reader's plan, the ones there are when they fit."""
-        plan, size = reader.plan, self.options["batch_size"]
-        span = slice(min(numbers) * size, (max(numbers) + 1) * size)
-        shards, samples = plan.shard[span], plan.sample[span]
+    def _slot_shape(self, reader: BatchReader) -> tuple[int, int, int, int, int]:
+        """What a slot must hold for any batch of this data set: batch size, the largest JPEG and
+        label of every loadable shard, parameter columns, label rows."""
+        manifest = reader.source.manifest
+        shards = np.repeat(np.arange(len(manifest.shards)), manifest.shard_sizes)
+        samples = np.arange(len(shards)) - np.repeat(
+            np.cumsum([0, *manifest.shard_sizes[:-1]]), manifest.shard_sizes
+        )
 
         def largest(ext: str) -> int:
             return int(reader.source.member_sizes(shards, samples, ext).max(initial=0))
 
-        max_jpeg = max(largest("jpg"), PLACEHOLDER_SIZE)
         others = int(reader.labelled)
-        max_other = largest("cls") if others else 0
-        _, columns = param_layout(self.recipe)
+        return (
+            self.options["batch_size"], max(largest("jpg"), PLACEHOLDER_SIZE),
+            largest("cls") if others else 0, param_layout(self.recipe)[1], others,
+        )  # fmt: skip
+
+    def _ensure_feeders(self, reader: BatchReader, first: int) -> None:
+        """Feeders (and their slots) that can build every batch of the data set: the ones there are
+        while they live, else new ones, forked after one batch was built here (`_warm`)."""
+        if self._feeders is not None and self._feeders.alive:
+            return
+        self._stop_feeders()
+        shape = self._slot_shape(reader)
         count = self.options["prefetch"] + 2 + self.host_workers
-        shape = (size, max_jpeg, max_other, columns, others)
         if len(self._slots) != count or not all(slot.fits(*shape) for slot in self._slots):
             self._slots = []  # unmapped once DALI and the old feeders let go of them
             self._slots = [Slot(*shape) for _ in range(count)]
+        self._warm(reader, first)
+        job = _FeederJob(self.recipe, reader, profile=self.timings is not None)
+        self._feeders = Feeders(job, self._slots, self.host_workers)
 
     def _warm(self, reader: BatchReader, number: int) -> None:
         """Build one batch here, once per process and kind of batch, and throw it away: the compiled
@@ -429,7 +464,6 @@ class DaliBackend:
         _WARMED.add(kind)
 
     def _start(self, reader: BatchReader, numbers: Sequence[int]) -> None:
-        self._stop_feeders()
         if self._pipe is not None and self._clean:
             self._pipe.reset()
         else:
@@ -438,10 +472,10 @@ class DaliBackend:
         self._clean = False
         self._pending.clear()
         self._error = None
-        if len(numbers):
-            self._make_slots(reader, numbers)
-            self._warm(reader, numbers[0])
-            self._feeders = Feeders(partial(self._build, reader), numbers, self._slots, self.host_workers)
+        self._running = bool(len(numbers))
+        if self._running:
+            self._ensure_feeders(reader, numbers[0])
+            self._feeders.start(numbers, (reader.plan.state(0).to_dict(), set(reader.substitute)))
 
     def run(
         self, reader: BatchReader, numbers: Sequence[int]
@@ -457,11 +491,9 @@ class DaliBackend:
             except StopIteration:
                 self._pipe.reset()
                 self._clean = True
-                self._stop_feeders()
                 return
             except Exception as err:
-                if self._error is not None:
-                    self._stop_feeders()
+                if self._error is not None:  # the feeders' (they are replaced if one died)
                     raise self._error from None
                 resume_at = self._recover(reader, err)
                 remaining = remaining[remaining.index(resume_at) :]

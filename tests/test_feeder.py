@@ -17,44 +17,70 @@ from fastssl.host.feeder import Feeders
 from fastssl.host.slots import Slot
 
 
-def _stamp(number: int, slot: Slot) -> tuple[int, int]:
-    """Write the batch number into the slot, with a delay that differs per batch."""
-    time.sleep(0.002 * (number % 3))
-    slot.params[:, 0] = number
-    return number, os.getpid()
+class _Job:
+    """A feeder job for these tests: `setup` says which run it is; each batch reports it."""
+
+    def __init__(self, act=None) -> None:
+        self.run, self.act = None, act
+
+    def setup(self, message) -> None:
+        if message == "refuse":
+            raise ValueError("this run cannot start")
+        self.run = message
+
+    def __call__(self, number: int, slot: Slot):
+        if self.act is not None:
+            self.act(number)
+        time.sleep(0.002 * (number % 3))  # answers take different times
+        slot.params[:, 0] = number
+        return number, os.getpid(), self.run
 
 
 @pytest.mark.parametrize("workers,slots", [(1, 1), (2, 3), (3, 7)])
 def test_batches_arrive_in_order_each_in_the_slot_it_was_built_in(workers, slots) -> None:
-    numbers = list(range(5, 25))
     pool = [Slot(4, 64, 0, 2, 0) for _ in range(slots)]
-    feeders = Feeders(_stamp, numbers, pool, workers)
+    feeders = Feeders(_Job(), pool, workers)
     try:
-        got, pids = [], set()
-        for _ in numbers:
-            number, index, (echo, pid) = feeders.next()
-            assert number == echo and pool[index].params[0, 0] == number
-            got.append(number)
-            pids.add(pid)
-            feeders.release(index)
-        with pytest.raises(StopIteration):
-            feeders.next()
+        pids = set()
+        for run, numbers in enumerate([list(range(5, 25)), list(range(3)), list(range(9, 2, -1))]):
+            feeders.start(numbers, run)
+            got = []
+            for _ in numbers:
+                number, index, (echo, pid, told) = feeders.next()
+                assert number == echo and pool[index].params[0, 0] == number and told == run
+                got.append(number)
+                pids.add(pid)
+                feeders.release(index)
+            with pytest.raises(StopIteration):
+                feeders.next()
+            assert got == numbers
     finally:
         feeders.close()
-    assert got == numbers and len(pids) == workers and os.getpid() not in pids
+    assert len(pids) == workers and os.getpid() not in pids  # the same processes for every run
 
 
-def _failing(number: int, slot: Slot) -> int:
+def test_a_run_abandoned_midway_leaves_nothing_for_the_next() -> None:
+    feeders = Feeders(_Job(), [Slot(2, 64, 0, 1, 0) for _ in range(4)], 2)
+    try:
+        feeders.start(range(100), "first")
+        assert feeders.next()[0] == 0  # three more are being built; the consumer walks away
+        feeders.start(range(50, 53), "second")
+        assert [feeders.next()[2][::2] for _ in range(3)] == [(50, "second"), (51, "second"), (52, "second")]
+    finally:
+        feeders.close()
+
+
+def _fail(number: int) -> None:
     if number == 3:
         raise LabelError("label is not an integer", shard="s.tar", key="k3")
     if number == 5:
-        raise KeyError("not picklable either way")  # a plain exception: raised as itself
-    return number
+        raise KeyError("a plain exception")  # raised as itself
 
 
 def test_a_feeder_s_errors_reach_the_consumer_whole() -> None:
-    feeders = Feeders(_failing, range(8), [Slot(2, 64, 0, 1, 0) for _ in range(3)], 2)
+    feeders = Feeders(_Job(_fail), [Slot(2, 64, 0, 1, 0) for _ in range(3)], 2)
     try:
+        feeders.start(range(8), None)
         for expected in range(3):
             number, index, _ = feeders.next()
             assert number == expected
@@ -62,33 +88,35 @@ def test_a_feeder_s_errors_reach_the_consumer_whole() -> None:
         with pytest.raises(LabelError) as info:
             feeders.next()
         assert info.value.shard == "s.tar" and info.value.key == "k3"
-    finally:
-        feeders.close()
-    feeders = Feeders(_failing, range(4, 8), [Slot(2, 64, 0, 1, 0)], 1)
-    try:
+        feeders.start(range(4, 8), None)  # the same feeders go on
         feeders.release(feeders.next()[1])
-        with pytest.raises(KeyError) as info:
+        with pytest.raises(KeyError) as caught:
             feeders.next()
-        assert any("feeder process" in note for note in info.value.__notes__)
+        assert any("feeder process" in note for note in caught.value.__notes__)
+        feeders.start(range(2), "refuse")
+        with pytest.raises(ValueError, match="this run cannot start"):
+            feeders.next()
+        assert feeders.alive
     finally:
         feeders.close()
 
 
-def _slow(number: int, slot: Slot) -> int:
+def _slow(number: int) -> None:
     time.sleep(30)
-    return number
 
 
 @pytest.mark.timeout(60)
 def test_a_killed_feeder_is_a_worker_error_at_once() -> None:
-    feeders = Feeders(_slow, range(4), [Slot(2, 64, 0, 1, 0)], 1)
+    feeders = Feeders(_Job(_slow), [Slot(2, 64, 0, 1, 0)], 1)
     try:
+        feeders.start(range(4), None)
         (process,) = feeders._processes
         os.kill(process.pid, signal.SIGKILL)
         start = time.monotonic()
         with pytest.raises(WorkerError, match=r"killed by signal 9"):
             feeders.next()
         assert time.monotonic() - start < 10
+        assert not feeders.alive
     finally:
         feeders.close()
 

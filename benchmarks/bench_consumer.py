@@ -1,0 +1,79 @@
+"""What the training thread itself computes inside `next(loader)`, apart from the copy of the views
+into torch: DALI-CPU, a consumer that does nothing else.
+
+CPU time of the calling thread (`time.thread_time`, so waiting for DALI's threads or the feeders
+is not counted) around each `next()`, and around `fastssl.pipelines.dali_views._to_torch` for the
+copy. One warm-up epoch, then `--epochs` timed ones, epoch boundaries included.
+
+Usage: python benchmarks/bench_consumer.py DATA [--recipe crop] [--size 64] [--batch-size 256]
+       [--epochs 1] [--threads 2] [--json OUT.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import fastssl.pipelines.dali_views as dali_views
+from fastssl.loader import SSLLoader
+from fastssl.recipes import get_recipe
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("data", type=Path)
+    parser.add_argument("--recipe", default="crop")
+    parser.add_argument("--size", type=int, default=64)
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    copy = [0.0]
+    to_torch = dali_views._to_torch
+
+    def timed_copy(*given):  # noqa: ANN002, ANN202
+        start = time.thread_time()
+        try:
+            return to_torch(*given)
+        finally:
+            copy[0] += time.thread_time() - start
+
+    dali_views._to_torch = timed_copy
+    recipe = get_recipe(args.recipe).replace(size=args.size)
+    loader = SSLLoader(
+        args.data, recipe, args.batch_size, backend="dali", device="cpu", num_threads=args.threads
+    )
+    for _ in loader:  # warm-up epoch: graph built, kernels loaded
+        pass
+    copy[0], inside, batches = 0.0, 0.0, 0
+    for _ in range(args.epochs):
+        iterator = iter(loader)
+        while True:
+            start = time.thread_time()
+            try:
+                next(iterator)
+            except StopIteration:
+                break
+            inside += time.thread_time() - start
+            batches += 1
+    loader.close()
+    result = {
+        "recipe": args.recipe, "size": args.size, "batch_size": args.batch_size, "batches": batches,
+        "next_cpu_us_per_batch": inside / batches * 1e6, "copy_cpu_us_per_batch": copy[0] / batches * 1e6,
+        "rest_cpu_us_per_batch": (inside - copy[0]) / batches * 1e6,
+    }  # fmt: skip
+    print(
+        f"{args.recipe} {args.size} px, batch {args.batch_size}, {batches} batches: the training thread "
+        f"computes {result['next_cpu_us_per_batch']:.0f} us per batch inside next(loader), of which the "
+        f"copy into torch {result['copy_cpu_us_per_batch']:.0f}; the rest {result['rest_cpu_us_per_batch']:.0f}"
+    )
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
