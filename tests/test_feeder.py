@@ -254,3 +254,14 @@ def test_host_workers_must_be_positive(tmp_path) -> None:
     clean_shards(tmp_path / "set", shards=2, per_shard=4)
     with pytest.raises(ValueError, match="host_workers must be at least 1"):
         SSLLoader(tmp_path / "set", "simclr", 2, backend="kornia", device="cpu", host_workers=0)
+
+
+def test_gpu_decoder_settings_are_checked() -> None:
+    pytest.importorskip("nvidia.dali")
+    from fastssl.pipelines.dali_views import GpuDecoder
+
+    assert GpuDecoder().hw_decoder_load == 0.65  # DALI's default, written out
+    with pytest.raises(ValueError, match="hw_decoder_load must lie in"):
+        GpuDecoder(hw_decoder_load=1.5)
+    with pytest.raises(ValueError, match="device_memory_padding must be non-negative"):
+        GpuDecoder(device_memory_padding=-1)
