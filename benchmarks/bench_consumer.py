@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import fastssl.pipelines.dali_views as dali_views
+
 from fastssl.loader import SSLLoader
 from fastssl.recipes import get_recipe
 
@@ -68,7 +69,8 @@ def main() -> None:
     print(
         f"{args.recipe} {args.size} px, batch {args.batch_size}, {batches} batches: the training thread "
         f"computes {result['next_cpu_us_per_batch']:.0f} us per batch inside next(loader), of which the "
-        f"copy into torch {result['copy_cpu_us_per_batch']:.0f}; the rest {result['rest_cpu_us_per_batch']:.0f}"
+        f"copy into torch {result['copy_cpu_us_per_batch']:.0f}; "
+        f"the rest {result['rest_cpu_us_per_batch']:.0f}"
     )
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

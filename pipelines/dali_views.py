@@ -316,9 +316,10 @@ class _FeederJob:
     def __init__(self, recipe: Recipe, reader: BatchReader, profile: bool) -> None:
         self.recipe, self.reader, self.profile = recipe, reader, profile
 
-    def setup(self, message: tuple[dict, set]) -> None:
-        state, substitute = message
+    def setup(self, message: tuple[dict, set, tuple]) -> None:
+        state, substitute, verdicts = message
         template = self.reader
+        template.source.adopt(verdicts)  # shards the parent verified since this feeder forked
         plan = EpochPlan.from_state(template.source.manifest, PlanState.from_dict(state))
         self.reader = BatchReader(
             template.source.manifest, plan, self.recipe, on_error=template.on_error,
@@ -466,8 +467,8 @@ class DaliBackend:
     def _start(self, reader: BatchReader, numbers: Sequence[int]) -> None:
         if self._pipe is not None and self._clean:
             self._pipe.reset()
-        else:
-            self.close()
+        else:  # an epoch abandoned midway or a failed graph: a new graph, the same feeders
+            self._close_pipe()
             self._pipe = build_pipeline(self.recipe, self._source, **self.options)
         self._clean = False
         self._pending.clear()
@@ -475,7 +476,8 @@ class DaliBackend:
         self._running = bool(len(numbers))
         if self._running:
             self._ensure_feeders(reader, numbers[0])
-            self._feeders.start(numbers, (reader.plan.state(0).to_dict(), set(reader.substitute)))
+            setup = (reader.plan.state(0).to_dict(), set(reader.substitute), reader.source.verdicts())
+            self._feeders.start(numbers, setup)
 
     def run(
         self, reader: BatchReader, numbers: Sequence[int]
@@ -517,10 +519,10 @@ class DaliBackend:
     def _recover(self, reader: BatchReader, err: Exception) -> int:
         """After a failed graph: name the culprit (raise) or mark it for substitution (skip);
         returns the batch number to resume from."""
-        for batch in self._pending:  # their bytes, out of the slots before the feeders stop
+        for batch in self._pending:  # their bytes, out of the slots before they are filled again
             rows = self._slots[batch.fed].rows
             batch.jpegs = [rows[i, :size].copy() for i, size in enumerate(batch.sizes.tolist())]
-        self.close()
+        self._close_pipe()
         found = 0
         for batch in self._pending:
             for i in undecodable(batch):
@@ -552,6 +554,9 @@ class DaliBackend:
         and a process forked before the collector ran (a decode worker, a feeder) would run its
         destructor there, waiting on threads that exist only in the parent."""
         self._stop_feeders()
+        self._close_pipe()
+
+    def _close_pipe(self) -> None:
         if self._pipe is not None:
             self._pipe._shutdown()  # what Pipeline.__del__ does; idempotent
         self._pipe = None

@@ -75,6 +75,8 @@ def _fail(number: int) -> None:
         raise LabelError("label is not an integer", shard="s.tar", key="k3")
     if number == 5:
         raise KeyError("a plain exception")  # raised as itself
+    if number == 6:
+        raise StopIteration  # raised as itself it would end the consumer's epoch early
 
 
 def test_a_feeder_s_errors_reach_the_consumer_whole() -> None:
@@ -93,6 +95,9 @@ def test_a_feeder_s_errors_reach_the_consumer_whole() -> None:
         with pytest.raises(KeyError) as caught:
             feeders.next()
         assert any("feeder process" in note for note in caught.value.__notes__)
+        feeders.start(range(6, 8), None)
+        with pytest.raises(RuntimeError, match="unexpected StopIteration"):
+            feeders.next()
         feeders.start(range(2), "refuse")
         with pytest.raises(ValueError, match="this run cannot start"):
             feeders.next()
@@ -119,6 +124,41 @@ def test_a_killed_feeder_is_a_worker_error_at_once() -> None:
         assert not feeders.alive
     finally:
         feeders.close()
+
+
+@pytest.mark.timeout(60)
+def test_a_feeder_that_died_ahead_of_the_consumer_is_a_worker_error_not_a_broken_pipe() -> None:
+    feeders = Feeders(_Job(), [Slot(2, 64, 0, 1, 0) for _ in range(3)], 1)
+    try:
+        feeders.start(range(10), None)
+        _, index, _ = feeders.next()
+        time.sleep(0.5)  # the worker answers the other slots' batches, then waits for requests
+        (process,) = feeders._processes
+        os.kill(process.pid, signal.SIGKILL)
+        process.join()
+        with pytest.raises(WorkerError, match=r"killed by signal 9"):
+            feeders.release(index)  # a request sent to the dead worker
+            while True:
+                feeders.release(feeders.next()[1])
+    finally:
+        feeders.close()
+
+
+def test_a_row_s_outlier_is_given_back_by_whichever_process_fills_the_row_next() -> None:
+    import multiprocessing
+
+    slot = Slot(2, 4 << 20, 0, 1, 0)
+    child = multiprocessing.get_context("fork").Process(target=_fill_outlier, args=(slot,))
+    child.start()
+    child.join()
+    assert child.exitcode == 0
+    slot.layout(np.full((2, 1), 50_000 + 512, np.int64))  # here, after another process wrote 3 MB
+    assert slot.released >= 2 * ((3 << 20) - (256 << 10))
+
+
+def _fill_outlier(slot: Slot) -> None:
+    slot.layout(np.full((2, 1), (3 << 20) + 512, np.int64))
+    slot.rows[:, : 3 << 20] = 1
 
 
 def test_a_batch_read_into_a_slot_has_every_member_in_its_row(tmp_path) -> None:
@@ -265,3 +305,24 @@ def test_gpu_decoder_settings_are_checked() -> None:
         GpuDecoder(hw_decoder_load=1.5)
     with pytest.raises(ValueError, match="device_memory_padding must be non-negative"):
         GpuDecoder(device_memory_padding=-1)
+
+
+def test_an_epoch_abandoned_midway_keeps_the_feeders_and_the_next_one_is_whole(tmp_path) -> None:
+    pytest.importorskip("nvidia.dali")
+    from fastssl.loader import SSLLoader
+    from fastssl.recipes import SimCLR
+
+    clean_shards(tmp_path / "set", shards=3, per_shard=10)
+    options = dict(backend="dali", device="cpu", num_threads=1, host_workers=2)
+    with SSLLoader(tmp_path / "set", SimCLR(size=24), 4, **options) as fresh:
+        expected = _epoch(fresh)
+    with SSLLoader(tmp_path / "set", SimCLR(size=24), 4, **options) as loader:
+        batches = iter(loader)
+        next(batches)
+        next(batches)
+        pids = [p.pid for p in loader._backend._feeders._processes]
+        del batches  # abandoned with batches still being built ahead
+        loader.set_epoch(0)
+        got = _epoch(loader)
+        assert [p.pid for p in loader._backend._feeders._processes] == pids
+    assert [(k, v) for k, v, _ in got] == [(k, v) for k, v, _ in expected]

@@ -193,6 +193,17 @@ class ByteSource:
             with contextlib.suppress(ShardError):
                 self._check_checksum(shard, self._info(shard), None)
 
+    def verdicts(self) -> tuple[set[int], dict[int, ShardError]]:
+        """The checksum verdicts so far, shards verified and shards refused with their error: for a
+        process forked before some of them were reached to `adopt` (a long-lived feeder)."""
+        return set(self._verified), dict(self._refused)
+
+    def adopt(self, verdicts: tuple[set[int], dict[int, ShardError]]) -> None:
+        """Take another source's `verdicts` for the same manifest as this one's own."""
+        verified, refused = verdicts
+        self._verified |= verified
+        self._refused.update(refused)
+
     def _check_checksum(self, shard: int, info: ShardInfo, key: str | None) -> None:
         try:
             digest = sha256_file(self.manifest.shard_path(shard))

@@ -16,7 +16,6 @@ with the worker's traceback as a note); a worker that dies (OOM killer, a signal
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import multiprocessing
 import os
 import pickle
@@ -40,26 +39,22 @@ class Job(Protocol):
     def __call__(self, number: int, slot: Slot) -> Any: ...
 
 
-_PR_SET_PDEATHSIG = 1
-
-
-def _die_with_parent(parent: int) -> None:
-    """Have the kernel kill this worker when its parent dies (Linux), so none is left behind."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-    if os.getppid() != parent:  # the parent died before the request took effect
-        os._exit(1)
+_PARENT_CHECK_S = 1.0  # how often an idle feeder looks whether its parent still lives
 
 
 def _serve(job: Job, slots: list[Slot], requests: Connection, parent: int) -> None:
-    """A feeder's loop until None or the consumer's end closes: ("setup", run, message) prepares a
-    run; (run, number, slot index) builds a batch and answers (status, run, number, slot, payload),
-    status "ok", "error" (a DataError) or "crash" (anything else, with its traceback)."""
+    """A feeder's loop until None, the consumer's end closing or the parent's death (looked for
+    every second while idle; the pipe's end stays open in sibling feeders, so it may never close):
+    ("setup", run, message) prepares a run; (run, number, slot index) builds a batch and answers
+    (status, run, number, slot, payload), status "ok", "error" (a DataError) or "crash"
+    (anything else, with its traceback)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the consumer's to handle
-    _die_with_parent(parent)
     failed_setup: BaseException | None = None  # raised for each batch of the run it was for
     while True:
         try:
+            while not requests.poll(_PARENT_CHECK_S):
+                if os.getppid() != parent:
+                    return
             request = requests.recv()
         except (EOFError, OSError):
             return
@@ -81,7 +76,10 @@ def _serve(job: Job, slots: list[Slot], requests: Connection, parent: int) -> No
             reply = ("error", run, number, index, err)
         except BaseException as err:  # noqa: BLE001 - reported to the consumer, which raises it
             reply = ("crash", run, number, index, (_portable(err), traceback.format_exc()))
-        requests.send(reply)
+        try:
+            requests.send(reply)
+        except OSError:  # the consumer is gone
+            return
 
 
 def _portable(err: BaseException) -> BaseException | None:
@@ -135,16 +133,22 @@ class Feeders:
             while self._outstanding[worker]:
                 self._receive(worker)
         self._run += 1
-        for pipe in self._pipes:
-            pipe.send(("setup", self._run, setup))
+        for worker in range(len(self._pipes)):
+            self._send(worker, ("setup", self._run, setup))
         self._numbers, self._issued, self._received = list(numbers), 0, 0
         self._free = list(range(len(self.slots)))
         while self._free and self._issued < len(self._numbers):
             self._request(self._free.pop(0))
 
+    def _send(self, worker: int, message: Any) -> None:
+        try:
+            self._pipes[worker].send(message)
+        except OSError as err:  # a worker that died: its end of the pipe is closed
+            raise WorkerError(_death(self._processes[worker])) from err
+
     def _request(self, index: int) -> None:
         worker = self._issued % len(self._pipes)
-        self._pipes[worker].send((self._run, self._numbers[self._issued], index))
+        self._send(worker, (self._run, self._numbers[self._issued], index))
         self._outstanding[worker] += 1
         self._issued += 1
 
@@ -179,6 +183,8 @@ class Feeders:
             where = f"in a feeder process (pid {pid}) building batch {number}:\n{trace}"
             if err is None:
                 raise WorkerError(f"failed {where}")
+            if isinstance(err, StopIteration):  # raised as itself it would end the caller's epoch
+                raise RuntimeError(f"unexpected StopIteration {where}") from err
             err.add_note(f"raised {where}")
             raise err
         return number, index, payload

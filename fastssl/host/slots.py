@@ -51,15 +51,23 @@ class Slot:
         others_at = _round_up(rows_at + batch_size * self.row, PAGE)
         params_at = _round_up(others_at + batch_size * self.other_row * others, 64)
         sizes_at = params_at + batch_size * max(columns, 1) * 4
-        total = sizes_at + batch_size * 4
+        held_at = _round_up(sizes_at + batch_size * 4, 8)
+        total = held_at + (batch_size + 1) * 8
         self._map = mmap.mmap(-1, total, flags=mmap.MAP_SHARED | _MAP_NORESERVE)
         self.buf = np.frombuffer(self._map, np.uint8)
         self.rows = self.buf[rows_at : rows_at + batch_size * self.row].reshape(batch_size, self.row)
         self.params = self.buf[params_at:sizes_at].view(np.float32).reshape(batch_size, max(columns, 1))
-        self.sizes = self.buf[sizes_at:total].view(np.int32).reshape(batch_size, 1)
+        self.sizes = self.buf[sizes_at : sizes_at + batch_size * 4].view(np.int32).reshape(batch_size, 1)
         self._rows_at, self._others_at = rows_at, others_at
-        self._held = np.zeros(batch_size, np.int64)  # JPEG bytes each row's pages hold, at most
-        self.released = 0  # bytes of outlier rows given back so far
+        # In the shared mapping too, so that whichever feeder fills a row next knows what it holds:
+        # the JPEG bytes each row's pages hold at most, then the bytes given back so far.
+        bookkeeping = self.buf[held_at:total].view(np.int64)
+        self._held, self._released = bookkeeping[:batch_size], bookkeeping[batch_size:]
+
+    @property
+    def released(self) -> int:
+        """Bytes of outlier rows given back so far, by every process."""
+        return int(self._released[0])
 
     def fits(self, batch_size: int, max_jpeg: int, max_other: int, columns: int, others: int) -> bool:
         """Whether this slot can hold batches of that shape."""
@@ -109,10 +117,5 @@ class Slot:
             end = (row_start + int(self._held[i])) // PAGE * PAGE  # short of the next row's header
             if end > start:
                 self._map.madvise(mmap.MADV_REMOVE, start, end - start)
-                self.released += end - start
+                self._released[0] += end - start
             self._held[i] = needed[i]
-
-    def close(self) -> None:
-        """Unmap (every array view of the slot must be gone)."""
-        del self.buf, self.rows, self.params, self.sizes
-        self._map.close()
