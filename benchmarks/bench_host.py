@@ -19,7 +19,7 @@ import statistics
 import time
 from pathlib import Path
 
-from fastssl.pipelines.dali_views import PLACEHOLDER_SIZE, build_batch, param_layout
+from fastssl.pipelines.dali_views import build_batch, slot_count, slot_shape
 
 from fastssl.data.manifest import Manifest
 from fastssl.data.plan import EpochPlan
@@ -34,15 +34,6 @@ def _epoch(reader: BatchReader, recipe, batches: int, slots: list[Slot]) -> floa
     for number in range(batches):
         build_batch(recipe, reader, number, slots[number % len(slots)])
     return time.perf_counter() - start
-
-
-def _slots(source: ByteSource, plan: EpochPlan, recipe, batch_size: int, count: int = 5) -> list[Slot]:
-    def largest(ext: str) -> int:
-        return int(source.member_sizes(plan.shard, plan.sample, ext).max())
-
-    columns = param_layout(recipe)[1]
-    shape = (batch_size, max(largest("jpg"), PLACEHOLDER_SIZE), largest("cls"), columns, 1)
-    return [Slot(*shape) for _ in range(count)]
 
 
 def main() -> None:
@@ -64,7 +55,10 @@ def main() -> None:
         plan = EpochPlan(manifest, epoch=repeat, seed=0, batch_size=args.batch_size, world_size=1, rank=0)
         reader = BatchReader(manifest, plan, recipe, source=source)
         samples = len(plan.entries.shard)
-        slots = slots or _slots(source, plan, recipe, args.batch_size)
+        # as many slots, shaped as a loader with the default prefetch and one feeder makes them
+        slots = slots or [
+            Slot(*slot_shape(recipe, source, args.batch_size, labelled=True)) for _ in range(slot_count(2, 1))
+        ]
         total = _epoch(reader, recipe, len(plan), slots)
         reader = BatchReader(manifest, plan, recipe, source=source, timings={})
         for number in range(len(plan)):

@@ -13,6 +13,7 @@ drew them pay. `device="cpu"` runs with `device_id=None`; `device="gpu"` decodes
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import math
 from collections import deque
@@ -31,6 +32,7 @@ from nvidia.dali.plugin.pytorch import feed_ndarray
 from PIL import Image
 
 from fastssl.data.plan import EpochPlan, PlanState
+from fastssl.data.source import ByteSource
 from fastssl.errors import DataError, DecodeError, WorkerError
 from fastssl.host.feeder import Feeders
 from fastssl.host.reader import PLACEHOLDER, BatchReader, HostBatch
@@ -134,6 +136,23 @@ def build_batch(recipe: Recipe, reader: BatchReader, number: int, slot: Slot) ->
     return batch
 
 
+def slot_shape(
+    recipe: Recipe, source: ByteSource, batch_size: int, labelled: bool
+) -> tuple[int, int, int, int, int]:
+    """`Slot`'s arguments for any batch of `source`'s data set: batch size, its largest JPEG and
+    label, the recipe's parameter columns, label rows."""
+    others = int(labelled)
+    return (
+        batch_size, max(source.largest_member("jpg"), PLACEHOLDER_SIZE),
+        source.largest_member("cls") if others else 0, param_layout(recipe)[1], others,
+    )  # fmt: skip
+
+
+def slot_count(prefetch: int, host_workers: int) -> int:
+    """Slots a backend needs: DALI's queue and the batch in `run()`, one ready, one per feeder."""
+    return prefetch + 2 + host_workers
+
+
 def _rotate(image: Any, quarter_turns: int) -> Any:
     """Counter-clockwise rotation by quarter turns (np.rot90's direction). fn.flip flips
     horizontally unless told otherwise, so both flags are always given."""
@@ -199,8 +218,7 @@ def build_pipeline(
     layout, _ = param_layout(recipe)
     decoder_args = {}
     if device == "gpu":
-        settings = gpu_decoder or GpuDecoder()
-        decoder_args = {name: getattr(settings, name) for name in settings.__dataclass_fields__}
+        decoder_args = dataclasses.asdict(gpu_decoder or GpuDecoder())
 
     @pipeline_def(enable_conditionals=True)
     def graph():  # noqa: ANN202 - DALI traces this function
@@ -365,8 +383,6 @@ class DaliBackend:
         gpu_decoder: GpuDecoder | None = None,
         timings: dict[str, float] | None = None,
     ) -> None:
-        if host_workers < 1:
-            raise ValueError(f"host_workers must be at least 1, got {host_workers}")
         self.recipe = recipe
         self.timings = timings  # seconds per stage, when profiling
         self.device = device
@@ -415,32 +431,14 @@ class DaliBackend:
             self._fed_seconds += spent
         return inputs
 
-    def _slot_shape(self, reader: BatchReader) -> tuple[int, int, int, int, int]:
-        """What a slot must hold for any batch of this data set: batch size, the largest JPEG and
-        label of every loadable shard, parameter columns, label rows."""
-        manifest = reader.source.manifest
-        shards = np.repeat(np.arange(len(manifest.shards)), manifest.shard_sizes)
-        samples = np.arange(len(shards)) - np.repeat(
-            np.cumsum([0, *manifest.shard_sizes[:-1]]), manifest.shard_sizes
-        )
-
-        def largest(ext: str) -> int:
-            return int(reader.source.member_sizes(shards, samples, ext).max(initial=0))
-
-        others = int(reader.labelled)
-        return (
-            self.options["batch_size"], max(largest("jpg"), PLACEHOLDER_SIZE),
-            largest("cls") if others else 0, param_layout(self.recipe)[1], others,
-        )  # fmt: skip
-
     def _ensure_feeders(self, reader: BatchReader, first: int) -> None:
         """Feeders (and their slots) that can build every batch of the data set: the ones there are
         while they live, else new ones, forked after one batch was built here (`_warm`)."""
         if self._feeders is not None and self._feeders.alive:
             return
         self._stop_feeders()
-        shape = self._slot_shape(reader)
-        count = self.options["prefetch"] + 2 + self.host_workers
+        shape = slot_shape(self.recipe, reader.source, self.options["batch_size"], reader.labelled)
+        count = slot_count(self.options["prefetch"], self.host_workers)
         if len(self._slots) != count or not all(slot.fits(*shape) for slot in self._slots):
             self._slots = []  # unmapped once DALI and the old feeders let go of them
             self._slots = [Slot(*shape) for _ in range(count)]

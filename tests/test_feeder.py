@@ -166,12 +166,7 @@ def test_a_batch_read_into_a_slot_has_every_member_in_its_row(tmp_path) -> None:
     with ByteSource(manifest) as single, ByteSource(manifest) as batched:
         shards = np.array([1, 0, 1, 0, 0, 1, 1])
         samples = np.array([5, 0, 2, 3, 3, 0, 4])
-        slot = Slot(
-            8,
-            int(batched.member_sizes(shards, samples, "jpg").max()),
-            int(batched.member_sizes(shards, samples, "cls").max()),
-            3,
-        )
+        slot = Slot(8, batched.largest_member("jpg"), batched.largest_member("cls"), 3)
         slot.rows[:] = 0xAB  # whatever an earlier batch left
         got = batched.read_batch(shards, samples, ("jpg", "cls"), layout=slot.layout)
         assert not got.slow.any() and got.buf is slot.buf

@@ -22,18 +22,21 @@ def supports(recipe: Recipe) -> bool:
     return isinstance(recipe, Crop)
 
 
-# DALI's defaults, written out: the GPU variant's settings are part of what it measures
-GPU_SETTINGS = {"hw_decoder_load": 0.65, "device_memory_padding": 16 << 20, "host_memory_padding": 8 << 20}
-PREFETCH = 2
+PREFETCH = 2  # written out, as the GPU variant's decoder settings: part of what it measures
 
 
 def native_batches(
     manifest: Manifest, recipe: Recipe, batch_size: int, threads: int, seed: int = 0, gpu: bool = False
 ) -> Iterator[list[Any]]:
     """Endless batches of `[views]` (one float32 CHW tensor per batch), epoch after epoch; with
-    `gpu`, decoded by nvJPEG (`mixed`, `GPU_SETTINGS`) and augmented on GPU 0."""
+    `gpu`, decoded by nvJPEG (`mixed`, with the settings fastssl's own GPU graphs default to:
+    `GpuDecoder()`, DALI's defaults) and augmented on GPU 0."""
+    import dataclasses
+
     from nvidia.dali import fn, pipeline_def, types
     from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
+
+    from fastssl.pipelines.dali_views import GpuDecoder
 
     if not supports(recipe):
         raise ValueError(f"dali_native times the crop recipe only, not {recipe.name!r}")
@@ -51,7 +54,8 @@ def native_batches(
             missing_component_behavior="error",
         )  # fmt: skip
         if gpu:
-            images = fn.decoders.image(jpegs, device="mixed", output_type=types.RGB, **GPU_SETTINGS)
+            settings = dataclasses.asdict(GpuDecoder())
+            images = fn.decoders.image(jpegs, device="mixed", output_type=types.RGB, **settings)
         else:
             images = fn.decoders.image(jpegs, device="cpu", output_type=types.RGB)
         images = fn.random_resized_crop(

@@ -296,23 +296,12 @@ class ByteSource:
                 unusable[shard] = True
         return unusable
 
-    def _positions(self, shards: np.ndarray, samples: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Global sample ids of (shards[i], samples[i]) in the sample table, and which are known
-        (loaded index, sample in range); an unknown position's id is 0."""
-        table = self._table
-        counts = table.first[shards + 1] - table.first[shards]
-        known = table.loaded[shards] & (samples >= 0) & (samples < counts)
-        return np.where(known, table.first[shards] + samples, 0), known
-
-    def member_sizes(self, shards: np.ndarray, samples: np.ndarray, ext: str) -> np.ndarray:
-        """Index size of member `ext` of every (shards[i], samples[i]), 0 where the index does not
-        know it; loads the indexes it needs (a feeder sizes its shared buffers from this)."""
-        shards = np.asarray(shards, np.int64)
-        samples = np.asarray(samples, np.int64)
-        unusable = self._load_tables(np.unique(shards))
-        gid, known = self._positions(shards, samples)
+    def largest_member(self, ext: str) -> int:
+        """Index size of the largest `ext` member in the data set (refused keys aside), 0 if none;
+        loads every index it has not yet (a feeder sizes its shared buffers from this)."""
+        self._load_tables(np.arange(len(self.manifest.shards)))
         _, sizes = self._table.columns(ext)
-        return np.where(known & ~unusable[shards] & ~self._table.refused[gid], sizes[gid], 0)
+        return int(sizes[~self._table.refused].max(initial=0))
 
     def read_batch(
         self,
@@ -356,7 +345,9 @@ class ByteSource:
                     self._fd(int(shard), self._info(int(shard)))
                 except ShardError:
                     unusable[shard] = True
-        gid, known = self._positions(shards, samples)  # a known position's index gives its key
+        counts = table.first[shards + 1] - table.first[shards]
+        known = table.loaded[shards] & (samples >= 0) & (samples < counts)  # its index gives its key
+        gid = np.where(known, table.first[shards] + samples, 0)
         slow = unusable[shards] | ~known | table.refused[gid]
         offsets = np.empty((n, width), np.int64)
         sizes = np.empty((n, width), np.int64)

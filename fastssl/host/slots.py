@@ -100,13 +100,12 @@ class Slot:
         self._held[:n] = np.maximum(self._held[:n], jpeg_bytes)
         return self.buf, at
 
-    def put(self, position: int, jpeg: np.ndarray) -> np.ndarray:
+    def put(self, position: int, jpeg: np.ndarray) -> None:
         """Write `jpeg` (bytes read by the per-sample path, or a placeholder) into its row."""
         if len(jpeg) > self.row - TAR_BLOCK:
             raise ValueError(f"{len(jpeg)} bytes do not fit a row of {self.row - TAR_BLOCK}")
         self.rows[position, : len(jpeg)] = jpeg
         self._held[position] = max(self._held[position], len(jpeg))
-        return self.rows[position, : len(jpeg)]
 
     def _release(self, needed: np.ndarray) -> None:
         """Give back the pages of rows that hold far less now than they once did (an outlier)."""
