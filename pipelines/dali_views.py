@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 from fastssl.pipelines.colour import colour_transform
+from fastssl.pipelines.host_finish import HostFinish
 from nvidia.dali import fn, pipeline_def, types
 from nvidia.dali import math as dali_math
 from nvidia.dali.pipeline import Pipeline
@@ -148,6 +149,14 @@ def slot_shape(
     )  # fmt: skip
 
 
+def graph_inputs(recipe: Recipe, device: str) -> int:
+    """How many of (rows, params, sizes) a graph reads: on the GPU all three; on the CPU the
+    parameters only for a ROI decode (the views are made on the host)."""
+    if device == "gpu":
+        return 3
+    return 2 if roi_decode(recipe) else 1
+
+
 def slot_count(prefetch: int, host_workers: int) -> int:
     """Slots a backend needs: DALI's queue and the batch in `run()`, one ready, one per feeder."""
     return prefetch + 2 + host_workers
@@ -207,8 +216,11 @@ def build_pipeline(
     `source` is called once per batch and returns (rows, params) on the CPU, (rows, params,
     sizes) on the GPU: the JPEGs one per row of a (B, R) uint8 array, `param_layout`'s (B, K)
     float32 array and the JPEGs' sizes (B, 1) int32; it raises StopIteration at the end of the
-    epoch. Views come out CHW: float32 normalised (also for "bfloat16", which the loader converts,
-    DALI having no bfloat16) or uint8 unnormalised.
+    epoch. On the GPU views come out CHW: float32 normalised (also for "bfloat16", which the loader
+    converts, DALI having no bfloat16) or uint8 unnormalised. On the CPU the graph only decodes
+    (the crop box with a ROI decode): its one output is the decoded images, uint8 HWC, from which
+    `HostFinish` makes the views in one fused pass (DALI's CPU resize, colour, blur and normalise
+    ops cost three times as much).
     """
     if device not in ("cpu", "gpu"):
         raise ValueError(f"device must be 'cpu' or 'gpu', got {device!r}")
@@ -216,6 +228,7 @@ def build_pipeline(
     mean = [255.0 * m for m in recipe.mean]
     std = [255.0 * s for s in recipe.std]
     layout, _ = param_layout(recipe)
+    host_finish = device == "cpu"
     decoder_args = {}
     if device == "gpu":
         decoder_args = dataclasses.asdict(gpu_decoder or GpuDecoder())
@@ -223,10 +236,10 @@ def build_pipeline(
     @pipeline_def(enable_conditionals=True)
     def graph():  # noqa: ANN202 - DALI traces this function
         inputs = fn.external_source(
-            source=source, num_outputs=3 if device == "gpu" else 2, batch=True, cycle=None,
+            source=source, num_outputs=graph_inputs(recipe, device), batch=True, cycle=None,
             no_copy=True,
         )  # fmt: skip
-        rows, params = inputs[0], inputs[1]
+        rows, params = inputs[0], (inputs[1] if len(inputs) > 1 else None)
 
         def column(v: int, name: str) -> Any:
             cut = layout[v][name]
@@ -250,6 +263,8 @@ def build_pipeline(
             )  # fmt: skip
         else:
             decoded = fn.decoders.image(rows, device=decoder, output_type=types.RGB, **decoder_args)
+        if host_finish:  # the views are made on the host, fused (`fastssl.pipelines.host_finish`)
+            return (decoded,)
         outputs = []
         for v, spec in enumerate(views):
             needs = _needs(spec)
@@ -405,6 +420,9 @@ class DaliBackend:
         self._running = False  # whether the current run has batches
         self._error: BaseException | None = None
         self._fed_seconds = 0.0  # spent in the callback since the last pipe.run() began
+        # on the CPU the graph stops after the crop-resize; the rest is one fused pass on the host
+        self._inputs = graph_inputs(recipe, device)
+        self._finish = HostFinish(recipe, param_layout(recipe)[0], num_threads) if device == "cpu" else None
 
     def _source(self) -> tuple[np.ndarray, ...]:
         start = perf_counter()
@@ -422,7 +440,7 @@ class DaliBackend:
         batch.fed = index
         self._pending.append(batch)
         slot, n = self._slots[index], len(batch)
-        inputs = (slot.rows[:n], slot.params[:n]) + ((slot.sizes[:n],) if self.device == "gpu" else ())
+        inputs = (slot.rows[:n], slot.params[:n], slot.sizes[:n])[: self._inputs]
         if self.timings is not None:
             for name, seconds in (stages or {}).items():
                 self.timings[name] = self.timings.get(name, 0.0) + seconds
@@ -500,19 +518,31 @@ class DaliBackend:
                 self._start(reader, remaining)
                 continue
             batch = self._pending.popleft()
-            self._feeders.release(batch.fed)
             remaining.pop(0)
             if timings is None:
-                yield batch, [_to_torch(out, self.target) for out in outputs]
+                views = self._views(outputs, batch)
+                self._feeders.release(batch.fed)
+                yield batch, views
                 continue
             # DALI calls the callback (`feed`) from inside pipe.run(): not decode time
             ran = perf_counter() - start - self._fed_seconds
             timings["decode + views"] = timings.get("decode + views", 0.0) + ran
             start, thread_start = perf_counter(), thread_time()
-            views = [_to_torch(out, self.target) for out in outputs]
+            views = self._views(outputs, batch)
             timings["to_torch"] = timings.get("to_torch", 0.0) + perf_counter() - start
             timings["to_torch cpu"] = timings.get("to_torch cpu", 0.0) + thread_time() - thread_start
+            self._feeders.release(batch.fed)
             yield batch, views
+
+    def _views(self, outputs: Sequence[Any], batch: HostBatch) -> list[torch.Tensor]:
+        """The batch's views as torch-owned tensors: on the GPU copied out of DALI's buffers, on
+        the CPU made by `HostFinish` from DALI's decoded images, read in place, and the
+        parameters still in the batch's slot (so the slot is given back only after this)."""
+        if self._finish is None:
+            return [_to_torch(out, self.target) for out in outputs]
+        (decoded,) = outputs
+        images = [np.asarray(decoded[i]) for i in range(len(batch))]  # in place, DALI's buffers
+        return self._finish(images, self._slots[batch.fed].params[: len(batch)])
 
     def _recover(self, reader: BatchReader, err: Exception) -> int:
         """After a failed graph: name the culprit (raise) or mark it for substitution (skip);
@@ -553,6 +583,8 @@ class DaliBackend:
         destructor there, waiting on threads that exist only in the parent."""
         self._stop_feeders()
         self._close_pipe()
+        if self._finish is not None:
+            self._finish.close()
 
     def _close_pipe(self) -> None:
         if self._pipe is not None:
