@@ -148,7 +148,9 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
         default="fastssl,baseline,floor",
         help="comma-separated contestants (fastssl,baseline,floor); also dali_native: the crop recipe "
         "as DALI's docs write it (fn.readers.webdataset with random_shuffle, decoders.image, "
-        "random_resized_crop, crop_mirror_normalize), same shards, threads and batch",
+        "random_resized_crop, crop_mirror_normalize), same shards, threads and batch; and webdataset: "
+        "WebDataset's README loader (shard shuffle, shuffle(1000), decode('pil'), WebLoader workers) "
+        "with the baseline's transforms",
     )
     p.add_argument("--size", type=_positive, default=None, help="the recipe's view size in px (its own)")
     p.add_argument(

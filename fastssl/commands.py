@@ -185,6 +185,12 @@ def run_bench(args: argparse.Namespace) -> int:
         if not supports(recipe):
             _err(f"the dali_native contestant times the crop recipe only, not {args.recipe!r}")
             return 2
+    if "webdataset" in contestants:
+        from fastssl.bench.webdataset_pipeline import supports as webdataset_supports
+
+        if not webdataset_supports(recipe):
+            _err(f"the webdataset contestant times whole-image recipes, not {args.recipe!r}")
+            return 2
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     config = {
         "data": str(args.data),

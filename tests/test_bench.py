@@ -97,3 +97,26 @@ def test_bench_profiles_fastssl_s_stages_and_times_dali_s_own_pipeline(
     assert profile["read"] > 0 and profile["params"] > 0
     assert main(["bench", str(shard_dir), "--recipe", "simclr", "--only", "dali_native"]) == 2
     assert "crop recipe only" in capsys.readouterr().err
+
+
+def test_bench_times_the_webdataset_loader_with_the_baseline_s_views(
+    shard_dir: Path, tmp_path, capsys
+) -> None:
+    args = [
+        "bench", str(shard_dir), "--recipe", "simclr", "--size", "32", "--batch-size", "4", "--batches", "2",
+        "--warmup", "1", "--workers", "1", "--quiet", "--only", "webdataset", "--json", str(tmp_path / "w.json"),
+    ]  # fmt: skip
+    assert main(args) == 0
+    assert "WebDataset's README" in capsys.readouterr().out
+    (result,) = json.loads((tmp_path / "w.json").read_text())["results"].values()
+    assert result["images"] == 8 and result["images_per_s"] > 0
+    assert main(["bench", str(shard_dir), "--recipe", "jigsaw", "--only", "webdataset"]) == 2
+    assert "whole-image recipes" in capsys.readouterr().err
+
+
+def test_webdataset_batches_stack_each_view(shard_dir: Path) -> None:
+    from fastssl.bench.webdataset_pipeline import webdataset_batches
+
+    batch = next(webdataset_batches(Manifest.load(shard_dir), SimCLR(size=24), batch_size=3, workers=0))
+    assert [tuple(v.shape) for v in batch] == [(3, 3, 24, 24)] * 2
+    assert all(v.dtype.is_floating_point and float(v.min()) >= -2.2 for v in batch)

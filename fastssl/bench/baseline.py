@@ -130,20 +130,31 @@ class _Samples(torch.utils.data.Dataset):
             return image.convert("RGB")
 
 
+class RecipeViews:
+    """The baseline's transforms: a decoded PIL image to the recipe's views as normalised float
+    tensors, by torchvision when it imports, else by the PIL operations above (picklable, for
+    worker processes; the WebDataset contestant uses the same)."""
+
+    def __init__(self, recipe: Recipe) -> None:
+        self.recipe = recipe
+        self.torchvision = _torchvision_transforms(recipe)
+        self.mean, self.std = torch.tensor(recipe.mean), torch.tensor(recipe.std)
+
+    def __call__(self, image: Image.Image) -> list[torch.Tensor]:
+        if self.torchvision is not None:
+            return [t(image) for t in self.torchvision]
+        return [_pil_view(image, spec, self.mean, self.std) for spec in self.recipe.views()]
+
+
 class PilRecipeDataset(_Samples):
     """Each item: the recipe's views of one sample as normalised float tensors (the baseline)."""
 
     def __init__(self, manifest: Manifest, recipe: Recipe) -> None:
         super().__init__(manifest)
-        self.recipe = recipe
-        self.torchvision = _torchvision_transforms(recipe)
-        self.mean, self.std = torch.tensor(recipe.mean), torch.tensor(recipe.std)
+        self.views = RecipeViews(recipe)
 
     def __getitem__(self, index: int) -> list[torch.Tensor]:
-        image = self.decode(index)
-        if self.torchvision is not None:
-            return [t(image) for t in self.torchvision]
-        return [_pil_view(image, spec, self.mean, self.std) for spec in self.recipe.views()]
+        return self.views(self.decode(index))
 
 
 class DecodeOnlyDataset(_Samples):

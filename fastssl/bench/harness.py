@@ -21,7 +21,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-CONTESTANTS = ("fastssl", "baseline", "floor", "dali_native")
+CONTESTANTS = ("fastssl", "baseline", "floor", "dali_native", "webdataset")
 _CLK = os.sysconf("SC_CLK_TCK")
 
 
@@ -162,6 +162,13 @@ def run_child(name: str, config: dict) -> dict:
         result = _measure(native_batches(manifest, recipe, bs, workers, gpu=gpu), lambda b: len(b[0]), *args)
         result["transforms"] = "as DALI's docs write it"
         return result
+    if name == "webdataset":
+        from fastssl.bench.webdataset_pipeline import webdataset_batches
+
+        batches = webdataset_batches(manifest, recipe, bs, workers)
+        result = _measure(batches, lambda b: len(b[0]), *args)
+        result["transforms"] = "WebDataset's README + the baseline's transforms"
+        return result
     from fastssl.bench.baseline import DecodeOnlyDataset, PilRecipeDataset, baseline_uses_torchvision
 
     if name != "baseline":
@@ -237,7 +244,7 @@ def format_table(report: dict) -> str:
     rows = [("contestant", "images/s", "x baseline", "x floor", "peak RSS MB", "CPU use")]
     for name, r in report["results"].items():
         label = f"fastssl ({r.get('backend', '?')}, {c['device']})" if name == "fastssl" else name
-        if name in ("baseline", "dali_native"):
+        if name in ("baseline", "dali_native", "webdataset"):
             label += f" [{r.get('transforms', '')}]"
         ratio = lambda x: f"{x:.2f}" if x is not None else "-"  # noqa: E731
         rows.append(
