@@ -104,7 +104,8 @@ def test_bench_times_the_webdataset_loader_with_the_baseline_s_views(
 ) -> None:
     args = [
         "bench", str(shard_dir), "--recipe", "simclr", "--size", "32", "--batch-size", "4", "--batches", "2",
-        "--warmup", "1", "--workers", "1", "--quiet", "--only", "webdataset", "--json", str(tmp_path / "w.json"),
+        "--warmup", "1", "--workers", "1", "--quiet", "--only", "webdataset",
+        "--json", str(tmp_path / "w.json"),
     ]  # fmt: skip
     assert main(args) == 0
     assert "WebDataset's README" in capsys.readouterr().out
