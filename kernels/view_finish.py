@@ -18,7 +18,7 @@ import numba
 import numpy as np
 
 
-@numba.njit(cache=True, nogil=True, inline="always")
+@numba.njit(cache=True, nogil=True, inline="always", fastmath=True)
 def _to_uint8(x: float) -> np.uint8:
     """Round half up and saturate, branch-free (so the loops around it vectorise): the truncation
     of a non-negative value is its floor."""
@@ -26,7 +26,7 @@ def _to_uint8(x: float) -> np.uint8:
     return np.uint8(np.int32(x))
 
 
-@numba.njit(cache=True, nogil=True)
+@numba.njit(cache=True, nogil=True, fastmath=True)
 def gaussian_taps(sigma: float, side: int) -> np.ndarray:
     """Normalised taps of a Gaussian spanning 3 sigma each side (DALI's default window), at most
     as wide as a reflect-101 border of a `side`-pixel image allows."""
@@ -42,7 +42,7 @@ def gaussian_taps(sigma: float, side: int) -> np.ndarray:
     return taps
 
 
-@numba.njit(cache=True, nogil=True, inline="always")
+@numba.njit(cache=True, nogil=True, inline="always", fastmath=True)
 def _reflect(i: int, n: int) -> int:
     """Reflect-101 (mirror without repeating the edge), DALI's and OpenCV's default border."""
     if i < 0:
@@ -52,7 +52,7 @@ def _reflect(i: int, n: int) -> int:
     return i
 
 
-@numba.njit(cache=True, nogil=True)
+@numba.njit(cache=True, nogil=True, fastmath=True)
 def _blur(image: np.ndarray, sigma: float, padded: np.ndarray, across: np.ndarray) -> None:
     """Separable Gaussian blur of one (H, W, 3) uint8 image in place. `padded` is scratch of at
     least (W + 2 * (H - 1)) * 3 float32, `across` of H * W * 3: each pass runs over whole rows, so
@@ -90,7 +90,7 @@ def _blur(image: np.ndarray, sigma: float, padded: np.ndarray, across: np.ndarra
             flat[base + j] = _to_uint8(acc[j])
 
 
-@numba.njit(cache=True, nogil=True)
+@numba.njit(cache=True, nogil=True, fastmath=True)
 def _colour(image: np.ndarray, m: np.ndarray, v: np.ndarray, w: np.ndarray) -> None:
     """`M x + v (w . mu)` in place on one (H, W, 3) uint8 image, rounded and clamped to uint8."""
     h, wd = image.shape[0], image.shape[1]
@@ -113,7 +113,7 @@ def _colour(image: np.ndarray, m: np.ndarray, v: np.ndarray, w: np.ndarray) -> N
         flat[p, 2] = _to_uint8(m20 * r + m21 * g + m22 * b + t2)
 
 
-@numba.njit(cache=True, nogil=True, inline="always")
+@numba.njit(cache=True, nogil=True, inline="always", fastmath=True)
 def _is_identity(m: np.ndarray, v: np.ndarray) -> bool:
     for i in range(9):
         if m[i] != (1.0 if i % 4 == 0 else 0.0):
@@ -121,7 +121,7 @@ def _is_identity(m: np.ndarray, v: np.ndarray) -> bool:
     return v[0] == 0.0 and v[1] == 0.0 and v[2] == 0.0
 
 
-@numba.njit(cache=True, nogil=True)
+@numba.njit(cache=True, nogil=True, fastmath=True)
 def _resample_table(size: int, lo: float, hi: float, out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Pillow's BILINEAR resampling along one axis (a triangle filter widened by the downscale
     factor, so it antialiases): for each of `out` outputs over the source span [lo, hi) of an axis
@@ -151,7 +151,7 @@ def _resample_table(size: int, lo: float, hi: float, out: int) -> tuple[np.ndarr
     return first, count, weights
 
 
-@numba.njit(cache=True, nogil=True)
+@numba.njit(cache=True, nogil=True, fastmath=True)
 def _crop_resize_transposed(
     image: np.ndarray, top: float, left: float, bottom: float, right: float, flip: bool,
     out: np.ndarray, scratch: np.ndarray,
@@ -199,7 +199,7 @@ def _crop_resize_transposed(
             dst[j] = _to_uint8(line[j])
 
 
-@numba.njit(cache=True, nogil=True)
+@numba.njit(cache=True, nogil=True, fastmath=True)
 def finish_view(
     image: np.ndarray,
     params: np.ndarray,

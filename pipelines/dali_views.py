@@ -297,7 +297,10 @@ def build_pipeline(
         device_id=device_id if device == "gpu" else None,
         prefetch_queue_depth=prefetch,
         seed=seed,
-        exec_dynamic=True,
+        # On the CPU the classic executor: it recycles its output buffers (read by `HostFinish`
+        # before the next run), where the dynamic one maps fresh pages for every batch of decoded
+        # images (5,500 page faults per batch of 64 SimCLR samples against 125).
+        exec_dynamic=device == "gpu",
     )
     pipe.build()
     return pipe
