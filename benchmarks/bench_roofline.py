@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from fastssl.kernels.view_finish import _blur, _colour, _crop_resize_transposed, finish_view
+from fastssl.kernels.view_finish import _blur, _colour, _crop_resize_transposed, finish_view, scratch_size
 from fastssl.pipelines.host_finish import HostFinish
 from PIL import Image, ImageFilter
 
@@ -201,7 +201,7 @@ def main() -> None:
                                   dtype=types.UINT8), hwc + roi, args.repeats))  # fmt: skip
 
     view_buf = np.empty((SIZE, SIZE, 3), np.uint8)
-    scratch = np.empty((max(d.shape[1] for d in decoded) + 3) * SIZE * 3, np.float32)
+    scratch = np.empty(scratch_size(max(d.shape[1] for d in decoded), SIZE), np.float32)
 
     def kernel_resize(i: int) -> None:
         left, top, right, bottom = boxes[i]

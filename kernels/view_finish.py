@@ -162,7 +162,7 @@ def _crop_resize_transposed(
 
     Both passes run down whole rows, so their inner loops are contiguous and vectorise: first the
     vertical resample of each needed column span, stored transposed, then the horizontal one as a
-    vertical pass over that. `scratch` holds at least (W + 1) * S * 3 float32."""
+    vertical pass over that. `scratch` holds at least (S + 1) * W * 3 float32."""
     w = image.shape[1]
     side_y, side_x = out.shape[1], out.shape[0]
     fx, nx, wx = _resample_table(w, left, right, side_x)
@@ -199,6 +199,13 @@ def _crop_resize_transposed(
             dst[j] = _to_uint8(line[j])
 
 
+@numba.njit(cache=True, nogil=True)
+def scratch_size(width: int, side: int) -> int:
+    """float32 elements of scratch `finish_view` needs for an image `width` pixels wide and a
+    `side`-pixel view: the transposed vertical pass of the resize, or the blur's two buffers."""
+    return max((side + 1) * width * 3, (3 * side - 2) * 3 + side * side * 3)
+
+
 @numba.njit(cache=True, nogil=True, fastmath=True)
 def finish_view(
     image: np.ndarray,
@@ -221,9 +228,11 @@ def finish_view(
     holds the columns of its ROI start (y, x), ROI end (y, x) (a flip has end x before start x, as
     DALI's resize reads it), colour matrix (9), v (3), w (3), blur flag, sigma and solarize flag,
     -1 for a group the view never applies. Solarize inverts values >= `level`. `view` (S, S, 3)
-    uint8 and `scratch` (at least (W + 3) * S * 3 float32) are the caller's, reused.
+    uint8 and `scratch` (`scratch_size` float32, checked) are the caller's, reused.
     """
     side = view.shape[0]
+    if len(scratch) < scratch_size(image.shape[1], side):
+        raise ValueError("finish_view: scratch smaller than scratch_size(width, side)")
     at_roi, at_end, at_m, at_v, at_w, at_blur, at_sigma, at_solarize = (
         columns[0], columns[1], columns[2], columns[3], columns[4], columns[5], columns[6], columns[7],
     )  # fmt: skip

@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
-from fastssl.kernels.view_finish import finish_view
+from fastssl.kernels.view_finish import finish_view, scratch_size
 
 from fastssl.recipes import Recipe
 
@@ -114,16 +114,20 @@ class HostFinish:
 
     def _run(self, images: Sequence[np.ndarray], params: np.ndarray, targets: list[np.ndarray],
              start: int, stop: int) -> None:  # fmt: skip
-        for v, spec in enumerate(self.specs):
-            view, scratch = self._buffers(spec.size, max(len(images[i]) for i in range(start, stop)))
-            columns, level, rotation, out = self.columns[v], self.levels[v], spec.rotation, targets[v]
-            for i in range(start, stop):
-                finish_view(images[i], params[i], columns, rotation, level, self.scale, self.shift,
-                            view, scratch, out[i])  # fmt: skip
+        # sample by sample, every view of it: its decoded image is read from cache after the first
+        width = max(images[i].shape[1] for i in range(start, stop))
+        buffers = [self._buffers(spec.size, width) for spec in self.specs]
+        for i in range(start, stop):
+            image, row = images[i], params[i]
+            for v, spec in enumerate(self.specs):
+                view, scratch = buffers[v]
+                columns, level = self.columns[v], self.levels[v]
+                finish_view(image, row, columns, spec.rotation, level, self.scale, self.shift, view, scratch,
+                            targets[v][i])  # fmt: skip
 
-    def _buffers(self, side: int, height: int) -> tuple[np.ndarray, np.ndarray]:
-        """This thread's (side, side, 3) uint8 view and float32 scratch for images up to `height`
-        rows (`finish_view`'s sizes), grown when too small."""
+    def _buffers(self, side: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+        """This thread's (side, side, 3) uint8 view and float32 scratch for images up to `width`
+        columns (`finish_view`'s sizes), grown when too small."""
         local = self._scratch
         views = getattr(local, "views", None)
         if views is None:
@@ -131,7 +135,7 @@ class HostFinish:
             local.scratch = np.empty(0, np.float32)
         if side not in views:
             views[side] = np.empty((side, side, 3), np.uint8)
-        need = (height + 2 * side + 3) * side * 3
+        need = scratch_size(width, side)
         if len(local.scratch) < need:
             local.scratch = np.empty(need, np.float32)
         return views[side], local.scratch

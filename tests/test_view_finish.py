@@ -5,7 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from fastssl.kernels.view_finish import _crop_resize_transposed, finish_view, finish_view_reference
+from fastssl.kernels.view_finish import (
+    _crop_resize_transposed,
+    finish_view,
+    finish_view_reference,
+    scratch_size,
+)
 from fastssl.pipelines.colour import colour_transform
 from fastssl.pipelines.host_finish import HostFinish, TensorPool
 from hypothesis import given, settings
@@ -44,7 +49,7 @@ def run(image: np.ndarray, params: np.ndarray, side: int, rotation: int, dtype: 
         (SCALE, SHIFT) if dtype == np.float32 else (np.ones(3, np.float32), np.zeros(3, np.float32))
     )
     view = np.empty((side, side, 3), np.uint8)
-    scratch = np.empty((image.shape[1] + 3) * side * 3, np.float32)
+    scratch = np.empty(scratch_size(image.shape[1], side), np.float32)
     finish_view(image, params, COLUMNS, rotation, 128, scale, shift, view, scratch, out)
     return out
 
@@ -69,7 +74,7 @@ def test_crop_resize_matches_pillow_within_a_level(shape, side, flip) -> None:
     top, left = ty * height, tx * width
     bottom, right = min(height, top + fh * height), min(width, left + fw * width)
     view = np.empty((side, side, 3), np.uint8)
-    scratch = np.empty((width + 3) * side * 3, np.float32)
+    scratch = np.empty(scratch_size(width, side), np.float32)
     _crop_resize_transposed(image, top, left, bottom, right, flip, view, scratch)
     want = np.asarray(
         Image.fromarray(image).resize((side, side), Image.Resampling.BILINEAR, box=(left, top, right, bottom))
@@ -179,3 +184,42 @@ def test_pool_reuses_a_tensor_only_once_nothing_else_holds_it() -> None:
     del first
     again = pool.take((2, 3), torch.float32)
     assert again.data_ptr() == address
+
+
+def test_a_panorama_wider_than_anything_else_in_its_batch_is_finished_right() -> None:
+    """Each thread's scratch is sized by the widest image of its share of the batch."""
+    recipe = SimCLR(size=16, p_blur=1.0)
+    from fastssl.pipelines.dali_views import param_layout
+
+    layout, k = param_layout(recipe)
+    images = [photo(1, 30, 30), photo(2, 12, 700), photo(3, 20, 25)]
+    params = np.zeros((3, k), np.float32)
+    for i, image in enumerate(images):
+        h, w = image.shape[:2]
+        p = row(
+            (0.0, 0.0, float(h), float(w)), False, (1.1, 0.9, 1.0, 0.0), [0, 1, 2, 3], False, True, 1.5, False
+        )
+        for columns in layout:
+            for name, at in zip(NAMES[:7], COLUMNS[:7], strict=True):
+                width = columns[name].stop - columns[name].start
+                params[i, columns[name]] = p[at : at + width]
+    finish = HostFinish(recipe, layout, threads=1)
+    try:
+        got = finish(images, params)[0].numpy()
+    finally:
+        finish.close()
+    cols = finish.columns[0]
+    for i, image in enumerate(images):
+        want = finish_view_reference(
+            image, params[i], cols, 0, 128, finish.scale, finish.shift, 16, np.float32
+        )
+        assert np.abs(got[i] - want).max() * 255 * 0.229 <= 3
+
+
+def test_a_scratch_too_small_is_refused_not_overrun() -> None:
+    image = photo(4, 10, 300)
+    params = row((0.0, 0.0, 10.0, 300.0), False, (1.0, 1.0, 1.0, 0.0), [0, 1, 2, 3], False, False, 1.0, False)
+    out, view = np.empty((3, 16, 16), np.float32), np.empty((16, 16, 3), np.uint8)
+    small = np.empty(scratch_size(300, 16) - 1, np.float32)
+    with pytest.raises(ValueError, match="scratch"):
+        finish_view(image, params, COLUMNS, 0, 128, SCALE, SHIFT, view, small, out)
