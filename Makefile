@@ -39,6 +39,9 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_ablation.py demo_out/shards --backend kornia --batch-size 64 --batches 8
 	$(PY) benchmarks/bench_header.py demo_out/shards --repeats 5
 	$(PY) benchmarks/bench_host.py demo_out/shards --repeats 3 --json benchmarks/out/bench_host.json
+	$(PY) benchmarks/bench_roofline.py demo_out/shards --images 128 --repeats 3 --json benchmarks/out/bench_roofline.json
+	$(VENV)/bin/fastssl bench demo_out/shards --recipe simclr --backend dali --batch-size 64 --batches 12 --warmup 2 \
+	  --only fastssl,baseline,floor,webdataset --quiet --json benchmarks/out/bench_simclr_webdataset.json
 	$(PY) benchmarks/bench_consumer.py demo_out/shards --epochs 2 --json benchmarks/out/bench_consumer.json
 	for s in 64 112; do $(VENV)/bin/fastssl bench demo_out/shards --recipe crop --size $$s --backend dali \
 	  --only fastssl,dali_native --batch-size 64 --batches 30 --warmup 3 --quiet --json benchmarks/out/crop$${s}_native.json; done

@@ -120,9 +120,11 @@ class SSLLoader:
     `profile=True` sums the seconds of each stage in `loader.timings`: on the DALI backend read,
     checks, labels, params and pack as the feeders spent them (CPU seconds in other processes),
     then what this thread spent: feed (waiting for and taking a ready batch), decode + views (the
-    rest of `pipe.run()`), to_torch, `next(loader)`, everything the consumer waited for, and
-    `next(loader) cpu`, the part of it this thread spent computing rather than waiting (DALI
-    also gives `to_torch cpu`, the copy's part of that).
+    rest of `pipe.run()`; on the CPU the graph only decodes), to_torch (on a GPU the copy out of
+    DALI's buffers; on the CPU the fused view pass, which writes the views into torch tensors),
+    `next(loader)`, everything the consumer waited for, and `next(loader) cpu`, the part of it
+    this thread spent computing rather than waiting (DALI also gives `to_torch cpu`, this thread's
+    part of to_torch).
     Kornia's host stages run in its decode workers and are not counted.
 
     Epochs advance by themselves after each complete pass; `set_epoch(e)` chooses one explicitly
