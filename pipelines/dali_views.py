@@ -1,5 +1,8 @@
 """Compile a recipe into one DALI graph: decode each JPEG once, cut every view from it, then per view
 one resize (crop + flip through the ROI), one colour pass, blur, solarize, rotation and normalise.
+That is the GPU graph. On the CPU the graph only decodes, and `HostFinish`
+(`fastssl.pipelines.host_finish`) makes every view from the decoded image in one fused compiled
+pass, written into the tensors the loader yields: DALI's CPU ops cost three times as much.
 
 Inputs arrive through one `fn.external_source` (batch mode) as dense arrays built by feeder
 processes into shared slots (`fastssl.host.feeder`): the JPEGs, one per row of a (B, R) uint8
