@@ -64,53 +64,51 @@ def _blur(image: np.ndarray, sigma: float, padded: np.ndarray, across: np.ndarra
     flat = image.reshape(h * row_len)
     for y in range(h):  # along each row, through a reflect-padded copy of it
         base = y * row_len
-        for x in range(-r, w + r):
-            src = base + _reflect(x, w) * 3
-            dst = (x + r) * 3
-            padded[dst] = flat[src]
-            padded[dst + 1] = flat[src + 1]
-            padded[dst + 2] = flat[src + 2]
+        line, inner = flat[base : base + row_len], padded[3 * r : 3 * r + row_len]
+        for j in range(row_len):
+            inner[j] = line[j]
+        for d in range(1, r + 1):  # reflect-101 borders: pixel -d is pixel d, w - 1 + d is w - 1 - d
+            for c in range(3):
+                padded[3 * (r - d) + c] = line[3 * d + c]
+                padded[3 * (r + w - 1 + d) + c] = line[3 * (w - 1 - d) + c]
         out = across[base : base + row_len]
         out[:] = 0.0
         for k in range(2 * r + 1):
-            t = taps[k]
-            shift = k * 3
+            # through a slice, the index is known non-negative: no wraparound check, so it vectorises
+            t, src = taps[k], padded[k * 3 : k * 3 + row_len]
             for j in range(row_len):
-                out[j] += t * padded[shift + j]
+                out[j] += t * src[j]
     acc = padded[:row_len]
     for y in range(h):  # down each column, a whole row at a time
         acc[:] = 0.0
         for k in range(2 * r + 1):
-            t = taps[k]
             base = _reflect(y + k - r, h) * row_len
+            t, src = taps[k], across[base : base + row_len]
             for j in range(row_len):
-                acc[j] += t * across[base + j]
-        base = y * row_len
+                acc[j] += t * src[j]
+        dst = flat[y * row_len : (y + 1) * row_len]
         for j in range(row_len):
-            flat[base + j] = _to_uint8(acc[j])
+            dst[j] = _to_uint8(acc[j])
 
 
 @numba.njit(cache=True, nogil=True, fastmath=True)
 def _colour(image: np.ndarray, m: np.ndarray, v: np.ndarray, w: np.ndarray) -> None:
     """`M x + v (w . mu)` in place on one (H, W, 3) uint8 image, rounded and clamped to uint8."""
-    h, wd = image.shape[0], image.shape[1]
-    flat = image.reshape(h * wd, 3)
-    s0 = s1 = s2 = 0.0
-    for p in range(h * wd):
-        s0 += flat[p, 0]
-        s1 += flat[p, 1]
-        s2 += flat[p, 2]
-    n = h * wd
+    n = image.shape[0] * image.shape[1]
+    flat = image.reshape(n * 3)
+    s0 = s1 = s2 = np.float32(0.0)
+    for p in range(n):
+        s0 += np.float32(flat[3 * p])
+        s1 += np.float32(flat[3 * p + 1])
+        s2 += np.float32(flat[3 * p + 2])
     gray_mean = (w[0] * s0 + w[1] * s1 + w[2] * s2) / n
     t0, t1, t2 = v[0] * gray_mean, v[1] * gray_mean, v[2] * gray_mean
-    m00, m01, m02 = np.float32(m[0]), np.float32(m[1]), np.float32(m[2])
-    m10, m11, m12 = np.float32(m[3]), np.float32(m[4]), np.float32(m[5])
-    m20, m21, m22 = np.float32(m[6]), np.float32(m[7]), np.float32(m[8])
+    m00, m01, m02, m10, m11, m12, m20, m21, m22 = m[0], m[1], m[2], m[3], m[4], m[5], m[6], m[7], m[8]
     for p in range(n):
-        r, g, b = np.float32(flat[p, 0]), np.float32(flat[p, 1]), np.float32(flat[p, 2])
-        flat[p, 0] = _to_uint8(m00 * r + m01 * g + m02 * b + t0)
-        flat[p, 1] = _to_uint8(m10 * r + m11 * g + m12 * b + t1)
-        flat[p, 2] = _to_uint8(m20 * r + m21 * g + m22 * b + t2)
+        r, g, b = np.float32(flat[3 * p]), np.float32(flat[3 * p + 1]), np.float32(flat[3 * p + 2])
+        flat[3 * p] = _to_uint8(m00 * r + m01 * g + m02 * b + t0)
+        flat[3 * p + 1] = _to_uint8(m10 * r + m11 * g + m12 * b + t1)
+        flat[3 * p + 2] = _to_uint8(m20 * r + m21 * g + m22 * b + t2)
 
 
 @numba.njit(cache=True, nogil=True, inline="always", fastmath=True)
@@ -190,10 +188,10 @@ def _crop_resize_transposed(
     for i in range(side_x):  # across: output column i from whole transposed columns
         line[:] = 0.0
         for k in range(nx[i]):
-            t = wx[i, k]
             base = (fx[i] + k - x_lo) * row_len
+            t, src = wx[i, k], columns[base : base + row_len]
             for j in range(row_len):
-                line[j] += t * columns[base + j]
+                line[j] += t * src[j]
         dst = result[(side_x - 1 - i) if flip else i]
         for j in range(row_len):
             dst[j] = _to_uint8(line[j])
