@@ -4,8 +4,10 @@ grayscale as `M x + v (w . mu)`, `fastssl.pipelines.colour`), the Gaussian blur,
 normalisation and the HWC -> CHW layout change, written straight into the output tensor.
 
 Why by hand: on the CPU, DALI runs these as separate ops with a full pass and a buffer each; its
-`resize`, `coord_transform` and `gaussian_blur` cost 1.7, 2.2 and 6.8 ms per 224 px view on the
-2-core VM (`benchmarks/bench_roofline.py`), and torch and Kornia are slower still on the CPU. The
+`resize`, `coord_transform` and `gaussian_blur` cost 1.4, 1.7 and 7.5 ms per 224 px view on the
+2-core VM, this pass 0.27, 0.14 and 0.35 (`benchmarks/bench_roofline.py`); torch and Pillow are
+slower than DALI at most of them. Inner loops index through slices: a runtime offset added to the
+index keeps Numba's negative-index check, which stops LLVM vectorising the loop. The
 same rounding as the DALI graph on the GPU: uint8 after the resize, the colour pass and the blur.
 `finish_view_reference` is the Pillow + NumPy version the tests hold the kernel to.
 """

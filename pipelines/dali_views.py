@@ -2,7 +2,7 @@
 one resize (crop + flip through the ROI), one colour pass, blur, solarize, rotation and normalise.
 That is the GPU graph. On the CPU the graph only decodes, and `HostFinish`
 (`fastssl.pipelines.host_finish`) makes every view from the decoded image in one fused compiled
-pass, written into the tensors the loader yields: DALI's CPU ops cost three times as much.
+pass, written into the tensors the loader yields: DALI's CPU ops cost ten times as much.
 
 Inputs arrive through one `fn.external_source` (batch mode) as dense arrays built by feeder
 processes into shared slots (`fastssl.host.feeder`): the JPEGs, one per row of a (B, R) uint8
@@ -223,7 +223,7 @@ def build_pipeline(
     converts, DALI having no bfloat16) or uint8 unnormalised. On the CPU the graph only decodes
     (the crop box with a ROI decode): its one output is the decoded images, uint8 HWC, from which
     `HostFinish` makes the views in one fused pass (DALI's CPU resize, colour, blur and normalise
-    ops cost three times as much).
+    ops cost ten times as much).
     """
     if device not in ("cpu", "gpu"):
         raise ValueError(f"device must be 'cpu' or 'gpu', got {device!r}")

@@ -2,7 +2,7 @@
 rotation, normalisation and CHW layout in one compiled pass per sample
 (`fastssl.kernels.view_finish`), written straight into the torch tensors the loader yields.
 
-On the CPU the DALI graph only decodes: its resize, colour, blur and normalise ops cost three
+On the CPU the DALI graph only decodes: its resize, colour, blur and normalise ops cost ten
 times this pass (`benchmarks/bench_roofline.py`), and its float32 views had to be copied once
 more into torch-owned memory. The kernel releases the GIL, so `threads` threads split each batch.
 """
