@@ -146,9 +146,10 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--only",
         default="fastssl,baseline,floor",
-        help="comma-separated contestants (fastssl,baseline,floor); also dali_native: the crop recipe "
-        "as DALI's docs write it (fn.readers.webdataset with random_shuffle, decoders.image, "
-        "random_resized_crop, crop_mirror_normalize), same shards, threads and batch; and webdataset: "
+        help="comma-separated contestants (fastssl,baseline,floor); also dali_native: the recipe's views "
+        "as DALI's docs write them (fn.readers.webdataset with random_shuffle, decoders.image, "
+        "random_resized_crop, color_twist, gaussian_blur under coin_flip conditionals, "
+        "crop_mirror_normalize), same shards, threads and batch; and webdataset: "
         "WebDataset's README loader (shard shuffle, shuffle(1000), decode('pil'), WebLoader workers) "
         "with the baseline's transforms",
     )

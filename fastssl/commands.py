@@ -183,7 +183,10 @@ def run_bench(args: argparse.Namespace) -> int:
         from fastssl.bench.dali_native import supports
 
         if not supports(recipe):
-            _err(f"the dali_native contestant times the crop recipe only, not {args.recipe!r}")
+            _err(
+                "the dali_native contestant times whole-image random-resized-crop recipes, "
+                f"not {args.recipe!r}"
+            )
             return 2
     if "webdataset" in contestants:
         from fastssl.bench.webdataset_pipeline import supports as webdataset_supports

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from fastssl.bench.baseline import DecodeOnlyDataset, PilRecipeDataset
 from fastssl.bench.harness import format_table, tree_usage
@@ -95,8 +96,8 @@ def test_bench_profiles_fastssl_s_stages_and_times_dali_s_own_pipeline(
     assert inside <= profile["next(loader)"] * 1.05
     assert profile["next(loader) cpu"] <= profile["next(loader)"] * 1.05
     assert profile["read"] > 0 and profile["params"] > 0
-    assert main(["bench", str(shard_dir), "--recipe", "simclr", "--only", "dali_native"]) == 2
-    assert "crop recipe only" in capsys.readouterr().err
+    assert main(["bench", str(shard_dir), "--recipe", "jigsaw", "--only", "dali_native"]) == 2
+    assert "whole-image random-resized-crop recipes" in capsys.readouterr().err
 
 
 def test_bench_times_the_webdataset_loader_with_the_baseline_s_views(
@@ -121,3 +122,16 @@ def test_webdataset_batches_stack_each_view(shard_dir: Path) -> None:
     batch = next(webdataset_batches(Manifest.load(shard_dir), SimCLR(size=24), batch_size=3, workers=0))
     assert [tuple(v.shape) for v in batch] == [(3, 3, 24, 24)] * 2
     assert all(v.dtype.is_floating_point and float(v.min()) >= -2.2 for v in batch)
+
+
+def test_dali_native_makes_every_view_of_a_two_view_recipe(shard_dir: Path) -> None:
+    """DALI's documented ops for SimCLR's views (jitter, gray, blur, solarize under coin flips)."""
+    pytest.importorskip("nvidia.dali")
+    from fastssl.bench.dali_native import native_batches, supports
+
+    recipe = BYOL(size=24)  # both views, blur on one, solarize on the other
+    assert supports(recipe) and not supports(Rotation()) and not supports(Jigsaw())
+    batch = next(native_batches(Manifest.load(shard_dir), recipe, batch_size=4, threads=1))
+    assert [tuple(v.shape) for v in batch] == [(4, 3, 24, 24)] * 2
+    assert all(v.dtype.is_floating_point and float(v.min()) >= -2.2 and float(v.max()) <= 2.7 for v in batch)
+    assert not torch.equal(batch[0], batch[1])
