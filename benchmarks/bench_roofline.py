@@ -92,22 +92,6 @@ def dali_per_image(build: Callable, inputs: list[list[np.ndarray]], repeats: int
     return rate(build) - rate(lambda *xs: xs[0])
 
 
-def pack_view(params: dict[str, np.ndarray], boxes: list[tuple[int, int, int, int]]) -> dict[str, np.ndarray]:
-    """View 0's parameters as the graph's parameter columns (ROI, colour, blur; no solarize)."""
-    from fastssl.pipelines.colour import colour_transform
-
-    m, v, w = colour_transform(params["jitter"], params["jitter_order"], params["gray"])
-    box = np.array(boxes, np.float32)  # (left, top, right, bottom)
-    flip = params["flip"]
-    return {
-        "roi_start": np.stack([box[:, 1], np.where(flip, box[:, 2], box[:, 0])], 1),
-        "roi_end": np.stack([box[:, 3], np.where(flip, box[:, 0], box[:, 2])], 1),
-        "matrix": m.reshape(-1, 9), "v": v, "w": w,
-        "blur": params["blur"].astype(np.float32)[:, None],
-        "sigma": np.maximum(params["blur_sigma"], 1e-3)[:, None],
-    }  # fmt: skip
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("data")
@@ -122,10 +106,11 @@ def main() -> None:
     n = len(jpegs)
     decoded = [np.asarray(Image.open(io.BytesIO(j)).convert("RGB")) for j in jpegs]
     recipe = SimCLR()
-    params = sample_params(
-        recipe, seed=0, epoch=0, sample_ids=np.arange(n),
-        heights=[d.shape[0] for d in decoded], widths=[d.shape[1] for d in decoded],
-    )[0]  # view 0's  # fmt: skip
+    heights, widths = np.array([d.shape[0] for d in decoded]), np.array([d.shape[1] for d in decoded])
+    every_view = sample_params(
+        recipe, seed=0, epoch=0, sample_ids=np.arange(n), heights=heights, widths=widths
+    )
+    params = every_view[0]
     crop = params["crop"].astype(np.int64)  # (top, left, height, width)
     boxes = [(int(c[1]), int(c[0]), int(c[1] + c[3]), int(c[0] + c[2])) for c in crop]
     sigma = np.random.default_rng(0).uniform(0.1, 2.0, n).astype(np.float32)  # every view blurred
@@ -305,20 +290,23 @@ def main() -> None:
         vin, args.repeats))  # fmt: skip
 
     # the whole fused pass for one view; less the crop-resize alone it is the normalise + write
-    from fastssl.pipelines.dali_views import param_layout
+    from fastssl.pipelines.dali_views import pack_params, param_layout
+
+    from fastssl.host.reader import HostBatch
 
     layout, k = param_layout(recipe)
-    columns = HostFinish(recipe, layout, threads=1).columns[0]
-    table = np.zeros((n, k), np.float32)
-    for name, value in pack_view(params, boxes).items():
-        table[:, layout[0][name]] = value
+    finish = HostFinish(recipe, layout, threads=1)
+    columns, scale, shift = finish.columns[0], finish.scale, finish.shift
+    batch = HostBatch(
+        number=0, jpegs=[], heights=heights, widths=widths, keys=[str(i) for i in range(n)],
+        shards=[""] * n, labels=None, valid=np.ones(n, bool), params=every_view,
+    )  # fmt: skip
+    table = pack_params(recipe, batch, np.zeros((n, k), np.float32))  # as the feeders pack a batch
     plain = table.copy()
     plain[:, layout[0]["matrix"]] = np.eye(3, dtype=np.float32).reshape(9)
     plain[:, layout[0]["v"]] = 0.0
     plain[:, layout[0]["blur"]] = 0.0
     target = np.empty((3, SIZE, SIZE), np.float32)
-    scale = (1 / (255 * np.array(recipe.std))).astype(np.float32)
-    shift = (-np.array(recipe.mean) / np.array(recipe.std)).astype(np.float32)
 
     def kernel_view(table: np.ndarray) -> Callable[[int], None]:
         def run(i: int) -> None:

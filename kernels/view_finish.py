@@ -278,6 +278,7 @@ def finish_view_reference(
     """`finish_view` op by op, for the tests: Pillow's own `resize(BILINEAR, box=)` for the crop
     (rounded to uint8 between its two passes, so up to a level from the kernel's), then NumPy in
     float64."""
+    from fastssl.pipelines.colour import affine_for_mean
     from PIL import Image
 
     at_roi, at_end, at_m, at_v, at_w, at_blur, at_sigma, at_solarize = (int(c) for c in columns)
@@ -289,7 +290,8 @@ def finish_view_reference(
     x = (x[:, ::-1] if x1 < x0 else x).astype(np.float64)
     if at_m >= 0:
         m = row[at_m : at_m + 9].reshape(3, 3)
-        offset = row[at_v : at_v + 3] * (row[at_w : at_w + 3] @ x.reshape(-1, 3).mean(0))
+        offset = affine_for_mean(m[None], row[None, at_v : at_v + 3], row[None, at_w : at_w + 3],
+                                 x.reshape(-1, 3).mean(0)[None])[0]  # fmt: skip
         x = np.clip(np.floor(x @ m.T + offset + 0.5), 0, 255)
     if at_blur >= 0 and row[at_blur]:
         taps = gaussian_taps(max(float(row[at_sigma]), 1e-3), side).astype(np.float64)

@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import io
-import math
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -216,8 +215,8 @@ def build_pipeline(
 ) -> Pipeline:
     """A built DALI pipeline whose outputs are the recipe's views, in order.
 
-    `source` is called once per batch and returns (rows, params) on the CPU, (rows, params,
-    sizes) on the GPU: the JPEGs one per row of a (B, R) uint8 array, `param_layout`'s (B, K)
+    `source` is called once per batch and returns the first `graph_inputs(recipe, device)` of
+    (rows, params, sizes): the JPEGs one per row of a (B, R) uint8 array, `param_layout`'s (B, K)
     float32 array and the JPEGs' sizes (B, 1) int32; it raises StopIteration at the end of the
     epoch. On the GPU views come out CHW: float32 normalised (also for "bfloat16", which the loader
     converts, DALI having no bfloat16) or uint8 unnormalised. On the CPU the graph only decodes
@@ -280,11 +279,11 @@ def build_pipeline(
                 dtype=types.UINT8,
             )
             if needs["colour"]:
-                view = _colour(view, column(v, "matrix"), column(v, "v"), column(v, "w"), device)
+                view = _colour(view, column(v, "matrix"), column(v, "v"), column(v, "w"))
             if needs["blur"]:
                 view = _blur_where(view, column(v, "blur"), column(v, "sigma"))
             if needs["solarize"]:
-                view = _solarize_where(view, column(v, "solarize"), spec.solarize_threshold)
+                view = _solarize_where(view, column(v, "solarize"), spec.solarize_level)
             view = _rotate(view, spec.rotation)
             if recipe.view_dtype == "uint8":
                 outputs.append(fn.transpose(view, perm=[2, 0, 1]))
@@ -309,13 +308,12 @@ def build_pipeline(
     return pipe
 
 
-def _colour(view: Any, matrix: Any, vec_v: Any, vec_w: Any, device: str) -> Any:
-    """out = M x + v (w . mu): jitter and grayscale in one pass (see fastssl.pipelines.colour)."""
+def _colour(view: Any, matrix: Any, vec_v: Any, vec_w: Any) -> Any:
+    """out = M x + v (w . mu): jitter and grayscale in one pass (see fastssl.pipelines.colour), on
+    the GPU (CPU graphs leave it to `HostFinish`)."""
     mu = fn.reductions.mean(view, axes=(0, 1))
     offset = vec_v * fn.reductions.sum(vec_w * mu)
-    if device == "cpu":
-        return fn.coord_transform(view, M=matrix, T=offset, dtype=types.UINT8)
-    # On the GPU the offset is a GPU tensor, which argument inputs cannot take: add it instead.
+    # The offset is a GPU tensor, which argument inputs cannot take: add it instead.
     linear = fn.coord_transform(view, M=matrix, dtype=types.FLOAT)
     return fn.cast(dali_math.clamp(linear + offset, 0.0, 255.0) + 0.5, dtype=types.UINT8)
 
@@ -327,8 +325,7 @@ def _blur_where(view: Any, blur: Any, sigma: Any) -> Any:
     return view
 
 
-def _solarize_where(view: Any, solarize: Any, threshold: float) -> Any:
-    level = math.ceil(threshold * 255 - 1e-9)  # uint8 values at or above threshold * 255
+def _solarize_where(view: Any, solarize: Any, level: int) -> Any:
     if fn.cast(solarize, dtype=types.BOOL):
         view = view ^ ((view >= level) * np.uint8(255))
     return view
@@ -426,7 +423,7 @@ class DaliBackend:
         self._running = False  # whether the current run has batches
         self._error: BaseException | None = None
         self._fed_seconds = 0.0  # spent in the callback since the last pipe.run() began
-        # on the CPU the graph stops after the crop-resize; the rest is one fused pass on the host
+        # on the CPU the graph only decodes; the views are one fused pass on the host
         self._inputs = graph_inputs(recipe, device)
         self._finish = HostFinish(recipe, param_layout(recipe)[0], num_threads) if device == "cpu" else None
 

@@ -9,7 +9,6 @@ more into torch-owned memory. The kernel releases the GIL, so `threads` threads 
 
 from __future__ import annotations
 
-import math
 import sys
 import threading
 from collections.abc import Sequence
@@ -82,7 +81,7 @@ class HostFinish:
             np.array([columns[name].start if name in columns else -1 for name in _COLUMNS], np.int64)
             for columns in layout
         ]
-        self.levels = [math.ceil(spec.solarize_threshold * 255 - 1e-9) for spec in self.specs]
+        self.levels = [spec.solarize_level for spec in self.specs]
         if recipe.view_dtype == "uint8":
             self.dtype = torch.uint8
             self.scale, self.shift = np.ones(3, np.float32), np.zeros(3, np.float32)

@@ -14,7 +14,6 @@ guarantees and its own ops cost against it on the same shards, threads and batch
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator
 from typing import Any
 
@@ -79,8 +78,7 @@ def native_batches(
                 images = fn.gaussian_blur(images, sigma=fn.random.uniform(range=list(spec.blur_sigma)))
         if spec.p_solarize:  # noqa: SIM102 - a Python test, then DALI's per-sample one
             if fn.random.coin_flip(probability=spec.p_solarize):
-                level = math.ceil(spec.solarize_threshold * 255 - 1e-9)
-                images = images ^ ((images >= level) * np.uint8(255))
+                images = images ^ ((images >= spec.solarize_level) * np.uint8(255))
         mirror = fn.random.coin_flip(probability=spec.p_flip)
         return fn.crop_mirror_normalize(
             images, dtype=types.FLOAT, output_layout="CHW", mirror=mirror,

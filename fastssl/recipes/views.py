@@ -21,6 +21,7 @@ threshold. Documented approximations of the backends are in `fastssl.pipelines.c
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import ClassVar, Literal
 
@@ -69,6 +70,11 @@ class ViewSpec:
         _check_range("blur_sigma", self.blur_sigma, low=0.0, high=float("inf"), open_low=True)
         if self.rotation not in (0, 1, 2, 3):
             raise ValueError(f"rotation is a number of quarter turns 0..3, got {self.rotation!r}")
+
+    @property
+    def solarize_level(self) -> int:
+        """The uint8 value at and above which solarize inverts: values >= threshold * 255."""
+        return math.ceil(self.solarize_threshold * 255 - 1e-9)
 
 
 @dataclass(frozen=True)
