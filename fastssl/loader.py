@@ -19,7 +19,7 @@ import torch
 from fastssl.data.images import DEFAULT_MAX_PIXELS
 from fastssl.data.index import read_index
 from fastssl.data.manifest import Manifest, ShardInfo
-from fastssl.data.plan import EpochPlan, PlanState
+from fastssl.data.plan import DEFAULT_BLOCK_SIZE, READ_ORDERS, EpochPlan, PlanState
 from fastssl.data.remote import fetch_shard, url_scheme
 from fastssl.data.source import ByteSource
 from fastssl.host.reader import BatchReader, HostBatch, OnError
@@ -72,6 +72,12 @@ def _distributed(rank: int | None, world_size: int | None) -> tuple[int, int]:
     else:
         found = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     return (found[0] if rank is None else rank), (found[1] if world_size is None else world_size)
+
+
+def _nodes(world_size: int) -> int:
+    """Nodes the ranks run on: the world size over torchrun's LOCAL_WORLD_SIZE (ranks per node)."""
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", world_size) or world_size)
+    return world_size // local if local >= 1 and world_size % local == 0 else 1
 
 
 def _default_threads() -> int:
@@ -155,6 +161,9 @@ class SSLLoader:
         profile: bool = False,
         host_workers: int | None = None,
         gpu_decoder: Any = None,
+        read_order: str = "auto",
+        buckets: int | None = None,
+        block_size: int = DEFAULT_BLOCK_SIZE,
     ) -> None:
         self.manifest = resolve_data(data, allow_pipe=allow_pipe, cache_dir=cache_dir)
         self.recipe = get_recipe(recipe)
@@ -172,6 +181,17 @@ class SSLLoader:
             raise ValueError(
                 f"need 0 <= rank < world_size, got rank {self.rank}, world_size {self.world_size}"
             )
+        self.nodes = _nodes(self.world_size)
+        if read_order not in ("auto", *READ_ORDERS):
+            raise ValueError(f"read_order must be 'auto', 'global' or 'block', got {read_order!r}")
+        self.read_order = "global" if read_order == "auto" else read_order
+        if buckets is not None and buckets < 1:
+            raise ValueError(f"buckets must be at least 1, got {buckets}")
+        # fixed for the run: the first run's node count unless given (a checkpoint keeps it)
+        self.buckets, self._buckets_given = buckets or self.nodes, buckets is not None
+        if block_size < 1:
+            raise ValueError(f"block_size must be at least 1, got {block_size}")
+        self.block_size = block_size
         self.device = self._pick_device(device)
         self.backend_name = self._pick_backend(backend)
         self.num_threads = num_threads if num_threads is not None else _default_threads()
@@ -259,6 +279,10 @@ class SSLLoader:
                 rank=self.rank,
                 drop_last=self.drop_last,
                 shuffle=self.shuffle,
+                order=self.read_order,  # type: ignore[arg-type]
+                buckets=self.buckets,
+                block_size=self.block_size,
+                nodes=self.nodes,
             )
             self._plan_cache = cached
         return cached
@@ -276,13 +300,23 @@ class SSLLoader:
         self._batches_done = 0
 
     def state_dict(self) -> dict[str, Any]:
-        """Where this rank stands: epoch, batches consumed, and what the plan was built from."""
+        """Where the run stands: epoch, global batches consumed, and what the global stream was
+        built from (the same on every rank; `world_size` and `rank` say who saved it)."""
         state = self.plan().state(self._batches_done)
         return {"plan": state.to_dict(), "recipe": self.recipe.name, "backend": self.backend_name}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Continue from a `state_dict()`: the next iteration yields the rest of that epoch."""
+        """Continue from a `state_dict()`: the next iteration yields the rest of that epoch.
+
+        Elastic: a state saved by N ranks resumes on this loader's world size M as long as this
+        loader's global batch (`batch_size * world_size`) is the state's, that is `batch_size` is
+        the saved global batch divided by M; the global batches that follow are the ones an
+        uninterrupted run would have read, keys and view parameters alike. Any rank's state will
+        do. The read order's bucket count is the state's unless this loader was given another.
+        A state saved before elastic resume (version 1) resumes only at its own world size."""
         plan_state = PlanState.from_dict(state["plan"])
+        if not self._buckets_given and plan_state.order == "block":
+            self.buckets = plan_state.buckets  # fixed for the run, whatever the nodes now
         mine = {
             "seed": self.seed,
             "world_size": self.world_size,
@@ -290,12 +324,17 @@ class SSLLoader:
             "batch_size": self.batch_size,
             "drop_last": self.drop_last,
             "shuffle": self.shuffle,
+            "order": self.read_order,
         }
+        if self.read_order == "block":
+            mine.update(buckets=self.buckets, block_size=self.block_size)
         differ = plan_state.mismatches(**mine)
         if differ:
             raise ValueError("loader state does not match this loader: " + ", ".join(differ))
         # refuses a state saved for other shards; the plan it rebuilds is the one the loader reads
-        self._plan_cache = EpochPlan.from_state(self.manifest, plan_state)
+        self._plan_cache = EpochPlan.from_state(
+            self.manifest, plan_state, world_size=self.world_size, rank=self.rank, nodes=self.nodes
+        )
         self.epoch = plan_state.epoch
         self._batches_done = plan_state.batches_done
         self._resume = plan_state

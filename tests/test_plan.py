@@ -11,7 +11,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fastssl.data.manifest import Manifest, ShardInfo
-from fastssl.data.plan import EpochPlan, PlanState, locate, mixing_ratio, reader_plan
+from fastssl.data.plan import (
+    EpochPlan,
+    PlanState,
+    bucket_ranges,
+    distinct_shards_per_batch,
+    locate,
+    mixing_ratio,
+    reader_plan,
+)
 
 shard_sizes = st.lists(st.integers(0, 40), min_size=1, max_size=12)
 plan_args = st.fixed_dictionaries(
@@ -75,18 +83,18 @@ def test_every_sample_exactly_once_and_equal_batches_per_rank(a):
     for batches in per_rank:
         assert sorted(batches) == list(range(num_batches))
         for b in batches.values():
-            assert 1 <= len(b) <= batch
+            assert len(b) == batch  # padding fills the last global batch: every batch is full
             assert ((b.shard >= 0) & (b.shard < len(sizes))).all()
             assert (b.sample < sizes[b.shard]).all() and (b.sample >= 0).all()
             valid.update(b.global_id[b.valid].tolist())
             invalid += int((~b.valid).sum())
     assert set(valid.values()) <= {1}  # never twice
     if a["drop_last"]:
-        assert num_batches == total // world // batch
+        assert num_batches == total // (world * batch)
         assert len(valid) == world * num_batches * batch and invalid == 0
     else:
         assert sorted(valid) == list(range(total))  # every sample, exactly once
-        assert invalid == -(-total // world) * world - total < world
+        assert invalid == num_batches * world * batch - total < world * batch
 
 
 @settings(max_examples=100, deadline=None)
@@ -260,3 +268,130 @@ def test_resume_refuses_other_data_or_other_arguments():
         )
     with pytest.raises(ValueError, match="worker_id"):
         plan.for_worker(2, 2)
+
+
+def global_batches(sizes, world: int, global_batch: int, **kwargs) -> list[list[tuple[int, bool]]]:
+    """Every global batch of an epoch as (global id, valid) pairs in stream order, gathered from
+    `world` ranks: ranks take interleaved entries of their node's segment."""
+    plans = [
+        EpochPlan(sizes, batch_size=global_batch // world, world_size=world, rank=r, **kwargs)
+        for r in range(world)
+    ]
+    out = []
+    for k in range(plans[0].num_batches):
+        pairs = []
+        for r, plan in enumerate(plans):
+            b = plan.batch(k)
+            pairs += [(int(g), bool(v), r) for g, v in zip(b.global_id, b.valid, strict=True)]
+        out.append(sorted((g, v) for g, v, _ in pairs))
+    return out
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    shard_sizes,
+    st.integers(0, 2**32 - 1),
+    st.integers(1, 4),
+    st.booleans(),
+    st.sampled_from(["global", "block"]),
+)
+def test_global_batches_do_not_depend_on_the_world_size(sizes, seed, unit, drop_last, order):
+    """4 -> 2 -> 1 -> 4 ranks: the same global batches (keys and thus parameters), batch for batch."""
+    common = dict(epoch=3, seed=seed, drop_last=drop_last, order=order, buckets=2, block_size=7)
+    reference = global_batches(sizes, 4, 4 * unit * 2, **common)
+    for world in (2, 1, 4):
+        assert global_batches(sizes, world, 4 * unit * 2, **common) == reference
+
+
+@settings(max_examples=60, deadline=None)
+@given(shard_sizes, st.integers(0, 2**32 - 1), st.data())
+def test_elastic_resume_continues_the_global_stream(sizes, seed, data):
+    """A state saved by 4 ranks after k global batches resumes on 2, then on 1, then on 4 ranks;
+    the batches read across the three resumptions are the uninterrupted run's."""
+    order = data.draw(st.sampled_from(["global", "block"]))
+    common = dict(epoch=1, seed=seed, order=order, buckets=2, block_size=5)
+    g = 8
+    full = global_batches(sizes, 4, g, **common)
+    plan = EpochPlan(sizes, batch_size=2, world_size=4, rank=3, **common)
+    first = data.draw(st.integers(0, plan.num_batches))
+    state, stop, seen = plan.state(first), first, []
+    for world in (2, 1, 4):
+        state = PlanState.from_dict(json.loads(json.dumps(state.to_dict())))
+        resumed = [EpochPlan.from_state(sizes, state, world_size=world, rank=r) for r in range(world)]
+        assert {p.batch_size for p in resumed} == {g // world}
+        stop = data.draw(st.integers(state.batches_done, plan.num_batches))
+        for k in range(state.batches_done, stop):
+            batches = [p.batch(k) for p in resumed]
+            seen.append(
+                sorted((int(x), bool(v)) for b in batches for x, v in zip(b.global_id, b.valid, strict=True))
+            )
+        state = resumed[0].state(stop)
+    assert seen == full[first:stop]
+
+
+def test_resume_needs_a_world_size_that_divides_the_global_batch():
+    state = EpochPlan([10, 10], epoch=0, seed=0, batch_size=3, world_size=2).state(1)
+    with pytest.raises(ValueError, match="global batch of 6 does not divide by 4"):
+        EpochPlan.from_state([10, 10], state, world_size=4, rank=0)
+    differ = state.mismatches(batch_size=3, world_size=3)
+    assert differ and "with 3 ranks each takes 2" in differ[0]
+
+
+def test_version_1_states_resume_at_their_own_world_size_with_their_padding():
+    """A state written before the global stream existed keeps the padding it was made with: the
+    order padded to a multiple of the world size, a short last batch."""
+    fingerprint = EpochPlan([7, 6], epoch=0, seed=0, batch_size=1).fingerprint
+    legacy = {"epoch": 2, "seed": 5, "world_size": 3, "rank": 1, "batch_size": 4, "drop_last": False,
+              "shuffle": True, "data_fingerprint": fingerprint, "batches_done": 1}  # fmt: skip
+    state = PlanState.from_dict(legacy)
+    assert state.version == 1 and state.global_batch == 12
+    plan = EpochPlan.from_state([7, 6], state, world_size=3, rank=1)
+    assert plan.num_batches == 2 and len(plan.batch(1)) == 1  # 13 -> 15 entries, 5 per rank
+    assert plan.valid.tolist() == [True] * 4 + [False]  # entry 13 of 15 pads: fewer than 3 pad
+    order = EpochPlan([7, 6], epoch=2, seed=5, batch_size=13).global_id
+    assert plan.global_id.tolist() == np.resize(order, 15)[1::3].tolist()
+    with pytest.raises(ValueError, match="resumes only on 3 ranks"):
+        EpochPlan.from_state([7, 6], state, world_size=2, rank=0)
+    assert state.mismatches(batch_size=4, world_size=2, rank=0)
+
+
+def test_block_order_reads_each_nodes_buckets_only_and_mixes_within_blocks():
+    sizes = [50] * 16
+    plans = [
+        EpochPlan(sizes, epoch=0, seed=1, batch_size=16, world_size=4, rank=r, order="block", buckets=4,
+                  block_size=100, nodes=2)
+        for r in range(4)
+    ]  # fmt: skip
+    ends = np.cumsum(sizes)
+    bucket_shards = [
+        set(np.searchsorted(ends, ids, side="right").tolist()) for ids in bucket_ranges(np.array(sizes), 1, 4)
+    ]
+    for r, plan in enumerate(plans):
+        node = r // 2
+        allowed = bucket_shards[2 * node] | bucket_shards[2 * node + 1]
+        assert set(plan.shard.tolist()) <= allowed  # a node downloads only its buckets' shards
+    covered = Counter(g for p in plans for g in p.global_id[p.valid].tolist())
+    assert sorted(covered) == list(range(800)) and set(covered.values()) == {1}
+    # a block of 100 samples spans 2-3 shards of 50, and a rank's batch comes from its node's two
+    # buckets: a few shards per batch, where the global order draws from nearly every shard
+    assert 2.0 <= distinct_shards_per_batch(plans[0]) <= 6.0
+    shuffled = EpochPlan(sizes, epoch=0, seed=1, batch_size=16, world_size=4, rank=0)
+    assert distinct_shards_per_batch(shuffled) > 10
+    # the blocks change from epoch to epoch
+    later = EpochPlan(sizes, epoch=1, seed=1, batch_size=16, world_size=4, rank=0, order="block", buckets=4,
+                      block_size=100, nodes=2)  # fmt: skip
+    assert not np.array_equal(later.global_id, plans[0].global_id)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"buckets": 3, "nodes": 2, "world_size": 2}, "buckets do not divide among 2 nodes"),
+        ({"buckets": 3, "batch_size": 4}, "multiple of the number of buckets"),
+        ({"nodes": 3, "world_size": 4, "buckets": 3}, "do not split evenly over 3 nodes"),
+    ],
+)
+def test_block_order_refuses_layouts_it_cannot_deal(kwargs, message):
+    args = {"epoch": 0, "seed": 0, "batch_size": 6, "order": "block", **kwargs}
+    with pytest.raises(ValueError, match=message):
+        EpochPlan([30, 30], **args)

@@ -1,12 +1,30 @@
 """The epoch plan: which (shard, sample) each (rank, worker) reads, in which order, and where to resume.
 
-A pure function of (shard sizes, epoch, seed, world size, rank, workers, worker id, batch size,
-drop_last). One seeded permutation of all samples is drawn per (seed, epoch); ranks take
-interleaved slices of it, each rank cuts its slice into batches, and the batches are dealt to
-workers round-robin (batch b to worker b mod num_workers in a fresh epoch, (b - start) mod
-num_workers when resuming at batch `start`), the way PyTorch's DataLoader hands batches to its
-workers. A loader that reads worker outputs round-robin therefore sees the rank's batches in
-order, and the state needed to resume is a single batch count.
+A pure function of (shard sizes, epoch, seed, global batch, read order, world size, rank, workers,
+worker id, drop_last). The plan first builds the epoch's **global stream**, which depends on none
+of world size, rank or workers: its global batches of `global_batch` entries are the unit every
+guarantee is stated in. Two orders build it:
+
+- `"global"` (local shards' default): one seeded permutation of all samples per (seed, epoch);
+- `"block"` (remote shards' default, after MosaicML Streaming's canonical nodes): the shards are
+  dealt once per run to `buckets` contiguous sample ranges (a shard on a boundary is shared by two
+  buckets); each epoch shuffles each bucket's shard pieces and then its samples within blocks of
+  `block_size`, and global batch k takes `global_batch / buckets` entries from every bucket. A
+  node reads only its buckets' shards, and the shards in use at once stay few.
+
+Without `drop_last` the stream is padded to whole global batches (wrapping to its start; padded
+entries carry `valid=False`), with `drop_last` the last partial global batch is left out: both
+decided on the global stream, so the padding does not depend on the world size. Each global batch
+is dealt to the ranks (interleaved; in block order first cut into one contiguous segment per
+node, then interleaved among the node's ranks), and each rank's batches to its workers
+round-robin (batch b to worker b mod num_workers in a fresh epoch, (b - start) mod num_workers when
+resuming at batch `start`), the way PyTorch's DataLoader hands batches to its workers. A loader
+that reads worker outputs round-robin therefore sees the rank's batches in order, and the state
+needed to resume is one global batch count: a run resumes on another number of ranks (elastic
+resume) as long as the global batch stays the same and divides by the new world size.
+
+States saved before the global stream existed (version 1) padded each rank's share instead; they
+are still read and resume at their own world size with their own padding.
 """
 
 from __future__ import annotations
@@ -15,13 +33,19 @@ import functools
 import hashlib
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, fields
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
 from fastssl.data.manifest import Manifest
 
 _PLAN_STREAM = 0x9E3779B9  # separates the plan's random stream from other users of (seed, epoch)
+_BUCKET_STREAM = 0x5BD1E995  # the run's shard-to-bucket deal, fixed for every epoch
+PLAN_VERSION = 2
+DEFAULT_BLOCK_SIZE = 1 << 18  # samples shuffled together in block order (MosaicML's floor)
+
+ReadOrder = Literal["global", "block"]
+READ_ORDERS = ("global", "block")
 
 
 def _sizes_of(data: Manifest | Sequence[int] | np.ndarray) -> np.ndarray:
@@ -61,36 +85,132 @@ def locate(sizes: np.ndarray, global_ids: np.ndarray) -> tuple[np.ndarray, np.nd
     return shard.astype(np.int64), sample.astype(np.int64)
 
 
+def bucket_ranges(sizes: np.ndarray, seed: int, buckets: int) -> list[np.ndarray]:
+    """The run's deal of samples to `buckets` canonical buckets: global sample ids of each, in the
+    run's shard order (the shards permuted once per seed, fixed for every epoch), cut into
+    contiguous ranges whose sizes differ by at most one sample."""
+    if buckets < 1:
+        raise ValueError(f"buckets must be at least 1, got {buckets}")
+    rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence([_PLAN_STREAM, seed, _BUCKET_STREAM])))
+    shard_order = rng.permutation(len(sizes))
+    firsts = np.cumsum(sizes) - sizes
+    ordered = sizes[shard_order]
+    total = int(sizes.sum())
+    # ids of every shard, shard after shard in the run's order, without a loop over shards
+    offsets_in = np.arange(total) - np.repeat(np.cumsum(ordered) - ordered, ordered)
+    run_ids = np.repeat(firsts[shard_order], ordered) + offsets_in
+    bounds = np.arange(buckets + 1, dtype=np.int64) * total // buckets
+    return [run_ids[bounds[c] : bounds[c + 1]] for c in range(buckets)]
+
+
+def block_order(
+    sizes: np.ndarray, epoch: int, seed: int, buckets: int, block_size: int, shuffle: bool = True
+) -> list[np.ndarray]:
+    """Each bucket's global sample ids in this epoch's block order: its shard pieces in a new
+    order each epoch, then the samples permuted within consecutive blocks of `block_size`."""
+    if block_size < 1:
+        raise ValueError(f"block_size must be at least 1, got {block_size}")
+    ranges = bucket_ranges(sizes, seed, buckets)
+    if not shuffle:
+        return ranges
+    ends = np.cumsum(sizes)
+    out = []
+    for c, ids in enumerate(ranges):
+        rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence([_PLAN_STREAM, seed, epoch, c])))
+        shard = np.searchsorted(ends, ids, side="right")
+        starts = np.flatnonzero(np.r_[True, shard[1:] != shard[:-1]]) if len(ids) else np.zeros(0, int)
+        lengths = np.diff(np.r_[starts, len(ids)])
+        pieces = rng.permutation(len(starts))
+        within = np.arange(len(ids)) - np.repeat(
+            np.cumsum(lengths[pieces]) - lengths[pieces], lengths[pieces]
+        )
+        ids = ids[np.repeat(starts[pieces], lengths[pieces]) + within]
+        keys = np.arange(len(ids)) // block_size + rng.random(len(ids))
+        out.append(ids[np.argsort(keys, kind="stable")])
+    return out
+
+
 @dataclass(frozen=True)
 class PlanState:
-    """Everything needed to resume a rank mid-epoch: the plan's inputs and batches already done."""
+    """Everything needed to resume mid-epoch: the global stream's inputs and the global batches
+    done. `world_size` and `rank` say who saved it; a version-2 state resumes on any world size
+    that divides `global_batch` (a version-1 state, written before elastic resume, only on its own).
+    """
 
     epoch: int
     seed: int
-    world_size: int
-    rank: int
-    batch_size: int
+    global_batch: int
     drop_last: bool
     shuffle: bool
     data_fingerprint: str
     batches_done: int
+    world_size: int
+    rank: int
+    nodes: int = 1
+    order: str = "global"
+    buckets: int = 1
+    block_size: int = DEFAULT_BLOCK_SIZE
+    version: int = PLAN_VERSION
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> PlanState:
-        """Rebuild a state from `to_dict()` output; missing or unknown keys are named."""
+        """Rebuild a state from `to_dict()` output (or a version-1 state); missing or unknown keys
+        are named."""
+        data = dict(data)
+        if "version" not in data:  # version 1: one rank's batch size, padding per rank
+            legacy = {"epoch", "seed", "world_size", "rank", "batch_size", "drop_last", "shuffle",
+                      "data_fingerprint", "batches_done"}  # fmt: skip
+            missing, unknown = legacy - set(data), set(data) - legacy
+            if missing or unknown:
+                raise ValueError(f"not a plan state: missing {sorted(missing)}, unknown {sorted(unknown)}")
+            data["global_batch"] = data.pop("batch_size") * data["world_size"]
+            data["version"] = 1
+        if data["version"] not in (1, PLAN_VERSION):
+            raise ValueError(
+                f"plan state version {data['version']!r} is newer than this fastssl reads ({PLAN_VERSION})"
+            )
         expected = {f.name for f in fields(cls)}
-        missing, unknown = expected - set(data), set(data) - expected
+        missing, unknown = (
+            expected - set(data) - {"nodes", "order", "buckets", "block_size"},
+            set(data) - expected,
+        )
         if missing or unknown:
             raise ValueError(f"not a plan state: missing {sorted(missing)}, unknown {sorted(unknown)}")
         return cls(**data)
 
     def mismatches(self, **expected: Any) -> list[str]:
-        """`name=value (state has ...)` for each expected field this state disagrees with."""
-        differ = {k: v for k, v in expected.items() if getattr(self, k) != v}
-        return [f"{k}={v!r} (state has {getattr(self, k)!r})" for k, v in differ.items()]
+        """`name=value (state has ...)` for each expected field this state disagrees with.
+        `batch_size` and `world_size` are checked as the global batch they make, and the world
+        size only for a version-1 state, which cannot change it."""
+        expected = dict(expected)
+        differ = []
+        if "batch_size" in expected:
+            batch, world = expected.pop("batch_size"), expected.get("world_size", self.world_size)
+            if self.version == 1 and world != self.world_size:
+                differ.append(
+                    f"world_size={world!r} (state has {self.world_size!r}; a state saved before "
+                    "elastic resume resumes only at its own world size)"
+                )
+            elif batch * world != self.global_batch:
+                differ.append(
+                    f"batch_size={batch!r} (the state's global batch is {self.global_batch}: "
+                    f"{_per_rank_advice(self.global_batch, world)})"
+                )
+        if self.version != 1:
+            for saved_by in ("world_size", "rank", "nodes"):
+                expected.pop(saved_by, None)
+        differ += [f"{k}={v!r} (state has {getattr(self, k)!r})" for k, v in expected.items()
+                   if getattr(self, k) != v]  # fmt: skip
+        return differ
+
+
+def _per_rank_advice(global_batch: int, world_size: int) -> str:
+    if global_batch % world_size:
+        return f"it does not divide by {world_size} ranks; resume on a world size that divides it"
+    return f"with {world_size} ranks each takes {global_batch // world_size}"
 
 
 @dataclass(frozen=True)
@@ -138,10 +258,13 @@ class ReaderPlan(PlanEntries):
 class EpochPlan:
     """One rank's epoch: the samples it reads, cut into batches, identical on every call.
 
-    Without `drop_last`, the global order is padded (by wrapping to its start) to a multiple of
-    `world_size` so that every rank gets the same number of samples and batches; padded entries
-    carry `valid=False`, at most `world_size - 1` of them in the epoch. With `drop_last`, each
-    rank keeps only full batches and the samples at the end of the epoch's order are left out.
+    `batch_size` is the rank's batch; the global batch is `batch_size * world_size`. Without
+    `drop_last` every batch is full: the global stream is padded to whole global batches, padded
+    entries carry `valid=False` (fewer than one global batch of them in the epoch). With
+    `drop_last` the samples at the end of the epoch's order that fill no whole global batch are
+    left out. `order` chooses the global stream (module docstring); `nodes` (block order only) is
+    the number of nodes the ranks run on, each of which reads only its own buckets' shards.
+    `version=1` rebuilds the plan of a state saved before the global stream existed.
     """
 
     def __init__(
@@ -155,6 +278,11 @@ class EpochPlan:
         rank: int = 0,
         drop_last: bool = False,
         shuffle: bool = True,
+        order: ReadOrder = "global",
+        buckets: int = 1,
+        block_size: int = DEFAULT_BLOCK_SIZE,
+        nodes: int = 1,
+        version: int = PLAN_VERSION,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
@@ -162,28 +290,89 @@ class EpochPlan:
             raise ValueError(f"need 0 <= rank < world_size, got rank {rank}, world_size {world_size}")
         if epoch < 0 or seed < 0:
             raise ValueError(f"epoch and seed must be non-negative, got {epoch} and {seed}")
+        if order not in READ_ORDERS:
+            raise ValueError(f"order must be one of {READ_ORDERS}, got {order!r}")
+        if version not in (1, PLAN_VERSION) or (version == 1 and order != "global"):
+            raise ValueError(f"plan version {version!r} with order {order!r} does not exist")
         self._data = data
         self.sizes = _sizes_of(data)
         self.epoch, self.seed, self.batch_size = epoch, seed, batch_size
         self.world_size, self.rank = world_size, rank
         self.drop_last, self.shuffle = drop_last, shuffle
-
-        order = epoch_order(self.sizes, epoch, seed, shuffle)
-        total = len(order)
-        if drop_last:
-            self.num_batches = total // world_size // batch_size
-            per_rank = self.num_batches * batch_size
-            mine = order[rank : per_rank * world_size : world_size]
-            valid = np.ones(len(mine), dtype=bool)
+        self.order, self.version = order, version
+        self.buckets, self.block_size = (buckets, block_size) if order == "block" else (1, DEFAULT_BLOCK_SIZE)
+        self.global_batch = batch_size * world_size
+        self.nodes = nodes
+        if version == 1:
+            stream, valid, positions = self._legacy_stream()
+        elif order == "global":
+            stream, valid = self._padded(epoch_order(self.sizes, epoch, seed, shuffle))
+            positions = np.arange(rank, len(stream), world_size, dtype=np.int64)
         else:
-            per_rank = -(-total // world_size)
-            self.num_batches = -(-per_rank // batch_size)
-            padded = np.resize(order, per_rank * world_size) if total else order
-            mine = padded[rank::world_size]
-            valid = np.arange(rank, len(padded), world_size) < total
-        self.samples_per_rank = per_rank
+            stream, valid, positions = self._block_stream(nodes)
+        self.num_batches = -(-len(positions) // batch_size)
+        self.samples_per_rank = len(positions)
+        mine = stream[positions]
         shard, sample = locate(self.sizes, mine)
-        self.entries = PlanEntries(shard=shard, sample=sample, global_id=mine, valid=valid)
+        self.entries = PlanEntries(shard=shard, sample=sample, global_id=mine, valid=valid[positions])
+
+    def _batches_in(self, total: int) -> int:
+        return total // self.global_batch if self.drop_last else -(-total // self.global_batch)
+
+    def _padded(self, order: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """`order` cut or padded (wrapping to its start) to whole global batches, and `valid`."""
+        length = self._batches_in(len(order)) * self.global_batch
+        stream = np.resize(order, length) if len(order) else order[:0]
+        return stream, np.arange(length) < len(order)
+
+    def _legacy_stream(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Version 1: the order padded to a multiple of the world size, each rank's share cut into
+        batches with a short last one (or, with drop_last, each rank's whole batches only)."""
+        order = epoch_order(self.sizes, self.epoch, self.seed, self.shuffle)
+        world, total = self.world_size, len(order)
+        if self.drop_last:
+            length = total // world // self.batch_size * self.batch_size * world
+        else:
+            length = -(-total // world) * world
+        stream = np.resize(order, length) if total else order
+        return stream, np.arange(length) < total, np.arange(self.rank, length, world, dtype=np.int64)
+
+    def _block_stream(self, nodes: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Block order: every global batch takes global_batch / buckets entries of each bucket (a
+        bucket's share padded from its own start), node p the segment of its buckets."""
+        buckets, world, batch = self.buckets, self.world_size, self.global_batch
+        if nodes < 1 or world % nodes:
+            raise ValueError(f"{world} ranks do not split evenly over {nodes} nodes")
+        if buckets % nodes:
+            raise ValueError(
+                f"{buckets} buckets do not divide among {nodes} nodes: the bucket count is fixed for "
+                "the run (a checkpoint keeps it), so run on a number of nodes that divides it"
+            )
+        if batch % buckets:
+            raise ValueError(
+                f"the global batch ({batch}) must be a multiple of the number of buckets ({buckets}): "
+                "every global batch takes the same number of samples from each bucket"
+            )
+        per_bucket = batch // buckets
+        streams = block_order(self.sizes, self.epoch, self.seed, buckets, self.block_size, self.shuffle)
+        total = int(self.sizes.sum())
+        num = self._batches_in(total)
+        share = num * per_bucket
+        fallback = np.concatenate(streams) if total else np.zeros(0, np.int64)
+        parts, valid = [], []
+        for ids in streams:
+            source = ids if len(ids) else fallback  # an empty bucket pads from the whole stream
+            parts.append(np.resize(source, share) if len(source) else np.zeros(share, np.int64))
+            valid.append(np.arange(share) < len(ids))
+        shape = (buckets, num, per_bucket)
+        stream = np.stack(parts).reshape(shape).transpose(1, 0, 2).reshape(-1) if share else fallback[:0]
+        flags = np.stack(valid).reshape(shape).transpose(1, 0, 2).reshape(-1) if share else np.zeros(0, bool)
+        local = world // nodes
+        node, local_rank = divmod(self.rank, local)
+        segment = batch // nodes
+        within = node * segment + local_rank + local * np.arange(self.batch_size, dtype=np.int64)
+        positions = (np.arange(num, dtype=np.int64)[:, None] * batch + within[None, :]).reshape(-1)
+        return stream.astype(np.int64, copy=False), flags, positions
 
     @property
     def shard(self) -> np.ndarray:
@@ -239,39 +428,73 @@ class EpochPlan:
         return ReaderPlan(batch_numbers=numbers, offsets=offsets, **self.entries.take(take))
 
     def state(self, batches_done: int) -> PlanState:
-        """State after the rank has consumed its first `batches_done` batches."""
+        """State after the rank has consumed its first `batches_done` batches (the global stream's
+        first `batches_done` global batches, on every rank)."""
         if not 0 <= batches_done <= self.num_batches:
             raise ValueError(f"batches_done {batches_done} out of range 0..{self.num_batches}")
         return PlanState(
             epoch=self.epoch,
             seed=self.seed,
-            world_size=self.world_size,
-            rank=self.rank,
-            batch_size=self.batch_size,
+            global_batch=self.global_batch,
             drop_last=self.drop_last,
             shuffle=self.shuffle,
             data_fingerprint=self.fingerprint,
             batches_done=batches_done,
+            world_size=self.world_size,
+            rank=self.rank,
+            nodes=self.nodes,
+            order=self.order,
+            buckets=self.buckets,
+            block_size=self.block_size,
+            version=self.version,
         )
 
     @classmethod
-    def from_state(cls, data: Manifest | Sequence[int] | np.ndarray, state: PlanState) -> EpochPlan:
-        """Rebuild the plan a state was saved from; refuses a state made for other data."""
+    def from_state(
+        cls,
+        data: Manifest | Sequence[int] | np.ndarray,
+        state: PlanState,
+        *,
+        world_size: int | None = None,
+        rank: int | None = None,
+        nodes: int | None = None,
+    ) -> EpochPlan:
+        """Rebuild a state's global stream, as seen by `rank` of `world_size` on `nodes` nodes
+        (default: whoever saved it); refuses a state made for other data, and a world size the
+        global batch does not divide by (or, for a version-1 state, any other than its own)."""
         fingerprint = data_fingerprint(data)
         if fingerprint != state.data_fingerprint:
             raise ValueError(
                 "resume state was saved for a different shard set (shard sizes, paths or "
                 "checksums differ); start the epoch afresh or point the loader at the original shards"
             )
+        world = state.world_size if world_size is None else world_size
+        rank = state.rank if rank is None else rank
+        nodes = state.nodes if nodes is None else nodes
+        if state.version == 1 and world != state.world_size:
+            raise ValueError(
+                f"this state was saved by {state.world_size} ranks before elastic resume existed; "
+                f"it resumes only on {state.world_size} ranks, not {world}"
+            )
+        if state.global_batch % world:
+            raise ValueError(
+                f"cannot resume on {world} ranks: the state's global batch of {state.global_batch} "
+                f"does not divide by {world}; use a world size that divides it"
+            )
         plan = cls(
             data,
             epoch=state.epoch,
             seed=state.seed,
-            batch_size=state.batch_size,
-            world_size=state.world_size,
-            rank=state.rank,
+            batch_size=state.global_batch // world,
+            world_size=world,
+            rank=rank,
             drop_last=state.drop_last,
             shuffle=state.shuffle,
+            order=state.order,  # type: ignore[arg-type]
+            buckets=state.buckets,
+            block_size=state.block_size,
+            nodes=nodes,
+            version=state.version,
         )
         plan.__dict__["fingerprint"] = fingerprint  # already computed: fill the cached_property
         return plan
@@ -289,13 +512,19 @@ def reader_plan(
     batch_size: int,
     drop_last: bool = False,
     shuffle: bool = True,
+    order: ReadOrder = "global",
+    buckets: int = 1,
+    block_size: int = DEFAULT_BLOCK_SIZE,
+    nodes: int = 1,
     state: PlanState | None = None,
 ) -> ReaderPlan:
     """The ordered (shard, sample) list of one reader, as a pure function of its arguments.
 
-    With `state`, the plan continues the epoch that state was saved in; the other arguments
-    must agree with it, and a mismatch is refused rather than silently resumed.
+    With `state`, the plan continues the epoch that state was saved in, on this world size; the
+    other arguments must agree with it (the global batch, not the rank's batch, for a version-2
+    state), and a mismatch is refused rather than silently resumed.
     """
+    layout = {"order": order, "buckets": buckets, "block_size": block_size} if order == "block" else {}
     if state is None:
         plan = EpochPlan(
             data,
@@ -306,6 +535,8 @@ def reader_plan(
             rank=rank,
             drop_last=drop_last,
             shuffle=shuffle,
+            nodes=nodes,
+            **layout,
         )
         return plan.for_worker(num_workers, worker_id)
     asked = {
@@ -316,12 +547,23 @@ def reader_plan(
         "batch_size": batch_size,
         "drop_last": drop_last,
         "shuffle": shuffle,
+        "order": order,
+        **layout,
     }
     differ = state.mismatches(**asked)
     if differ:
         raise ValueError("resume state does not match the plan asked for: " + ", ".join(differ))
-    plan = EpochPlan.from_state(data, state)
+    plan = EpochPlan.from_state(data, state, world_size=world_size, rank=rank, nodes=nodes)
     return plan.for_worker(num_workers, worker_id, start_batch=state.batches_done)
+
+
+def distinct_shards_per_batch(plan: EpochPlan) -> float:
+    """Mean number of distinct shards a batch of this rank draws from (a shuffle-quality figure
+    beside `mixing_ratio`: near the batch size for a global shuffle, a few for block order)."""
+    if plan.num_batches == 0:
+        return 0.0
+    counts = [len(np.unique(plan.batch(k).shard)) for k in range(plan.num_batches)]
+    return float(np.mean(counts))
 
 
 def mixing_ratio(shard_ids: np.ndarray) -> float:
