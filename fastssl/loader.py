@@ -20,8 +20,9 @@ from fastssl.data.images import DEFAULT_MAX_PIXELS
 from fastssl.data.index import read_index
 from fastssl.data.manifest import Manifest, ShardInfo
 from fastssl.data.plan import DEFAULT_BLOCK_SIZE, READ_ORDERS, EpochPlan, PlanState
-from fastssl.data.remote import fetch_shard, url_scheme
+from fastssl.data.remote import default_cache_dir, fetch_shard, url_scheme
 from fastssl.data.source import ByteSource
+from fastssl.data.store import RemoteShards, is_remote
 from fastssl.host.reader import BatchReader, HostBatch, OnError
 from fastssl.recipes import PatchRecipe, Recipe, get_recipe
 
@@ -164,8 +165,24 @@ class SSLLoader:
         read_order: str = "auto",
         buckets: int | None = None,
         block_size: int = DEFAULT_BLOCK_SIZE,
+        cache_limit: int | None = None,
+        download_ahead: int = 4,
+        retries: int = 3,
+        timeout: float = 60.0,
+        storage_options: dict[str, Any] | None = None,
     ) -> None:
-        self.manifest = resolve_data(data, allow_pipe=allow_pipe, cache_dir=cache_dir)
+        self.remote: RemoteShards | None = None
+        if is_remote(data):
+            if download_ahead < 0:
+                raise ValueError(f"download_ahead must be 0 or more, got {download_ahead}")
+            self.remote = RemoteShards(
+                str(data), cache_dir if cache_dir is not None else default_cache_dir(),
+                cache_limit=cache_limit, retries=retries, timeout=timeout, storage_options=storage_options,
+            )  # fmt: skip
+            self.manifest = self.remote.open()
+        else:
+            self.manifest = resolve_data(data, allow_pipe=allow_pipe, cache_dir=cache_dir)
+        self.download_ahead = download_ahead
         self.recipe = get_recipe(recipe)
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
@@ -184,7 +201,8 @@ class SSLLoader:
         self.nodes = _nodes(self.world_size)
         if read_order not in ("auto", *READ_ORDERS):
             raise ValueError(f"read_order must be 'auto', 'global' or 'block', got {read_order!r}")
-        self.read_order = "global" if read_order == "auto" else read_order
+        # remote shards are read in blocks by default: each node downloads only its buckets' shards
+        self.read_order = ("block" if self.remote else "global") if read_order == "auto" else read_order
         if buckets is not None and buckets < 1:
             raise ValueError(f"buckets must be at least 1, got {buckets}")
         # fixed for the run: the first run's node count unless given (a checkpoint keeps it)
@@ -209,13 +227,13 @@ class SSLLoader:
         self._plan_cache: EpochPlan | None = None
         # seconds per stage, summed over batches (`profile=True`; `fastssl bench --profile`)
         self.timings: dict[str, float] | None = {} if profile else None
-        if verify_checksums and any(not s.sha256 for s in self.manifest.shards):
+        if verify_checksums and self.remote is None and any(not s.sha256 for s in self.manifest.shards):
             raise ValueError(
                 "verify_checksums needs recorded checksums, and shards given as paths or pipe: URLs "
                 "have none; use a manifest (`fastssl shards` writes one)"
             )
         # one source for the loader's life: indexes loaded and checksums verified once, not per epoch
-        self._source = ByteSource(self.manifest, verify_checksums=verify_checksums)
+        self._source = ByteSource(self.manifest, verify_checksums=verify_checksums, remote=self.remote)
 
     # -- configuration -------------------------------------------------------------------------
     @staticmethod
@@ -352,7 +370,10 @@ class SSLLoader:
             max_pixels=self.max_pixels,
             source=self._source,
             timings=self.timings,
+            ahead=self.download_ahead,
         )
+        if self.remote is not None:
+            self._check_cache_holds(plan, start)
         if self._backend is None:
             self._backend = self._make_backend()
             if isinstance(self.recipe, PatchRecipe):
@@ -376,6 +397,26 @@ class SSLLoader:
             yield batch
             clock, thread_clock = time.perf_counter(), time.thread_time()
         self.epoch, self._batches_done = plan.epoch + 1, 0  # a complete pass: the next one is new
+
+    def _check_cache_holds(self, plan: EpochPlan, start: int) -> None:
+        """Refuse to start when the cache limit cannot hold the shards of `download_ahead + 1`
+        consecutive batches, the most this rank keeps in flight at once."""
+        limit = self.remote.cache.limit_bytes
+        if limit is None or plan.num_batches == 0:
+            return
+        sizes = np.array([info.bytes for info in self.manifest.shards], dtype=np.int64)
+        span = (self.download_ahead + 1) * plan.batch_size
+        need = 0
+        for lo in range(start * plan.batch_size, len(plan.shard), plan.batch_size):
+            need = max(need, int(sizes[np.unique(plan.shard[lo : lo + span])].sum()))
+        if need > limit:
+            from fastssl.data.cache import CacheFullError
+
+            raise CacheFullError(
+                f"the cache limit of {limit} bytes cannot hold the {need} bytes of shards that "
+                f"{self.download_ahead + 1} consecutive batches of this rank need at once; raise "
+                "cache_limit, lower download_ahead, or read in blocks (read_order='block')"
+            )
 
     def _assemble(self, host: HostBatch, views: list[torch.Tensor]) -> dict[str, Any]:
         device = self.device

@@ -359,7 +359,7 @@ class _FeederJob:
         plan = EpochPlan.from_state(template.source.manifest, PlanState.from_dict(state))
         self.reader = BatchReader(
             template.source.manifest, plan, self.recipe, on_error=template.on_error,
-            max_pixels=template.max_pixels, source=template.source,
+            max_pixels=template.max_pixels, source=template.source, ahead=template.ahead,
         )  # fmt: skip
         self.reader.substitute = set(substitute)
 

@@ -191,3 +191,45 @@ def test_moco_queue_takes_the_newest_keys_when_a_batch_outgrows_it():
     assert int(moco.queue_ptr) == 0
     moco._enqueue(keys[:3], torch.tensor([True, False, True]))
     assert int(moco.queue_ptr) == 2
+
+
+def _global_keys_by_step(run: Path) -> dict[int, set[str]]:
+    """Each step's keys over every rank that logged it (a rank's later records replace earlier)."""
+    steps: dict[int, dict[int, list[str]]] = {}
+    for path in sorted(run.glob("keys-rank*.jsonl")):
+        rank = int(path.stem.removeprefix("keys-rank"))
+        for line in path.read_text().splitlines():
+            record = json.loads(line)
+            steps.setdefault(record["step"], {})[rank] = record["keys"]
+    return {step: {k for keys in by_rank.values() for k in keys} for step, by_rank in steps.items()}
+
+
+def test_resume_on_another_number_of_ranks_continues_the_global_stream(shards, tmp_path):
+    """Two torchrun ranks of 8 stop at step 2; one rank resumes with the global batch of 16 and
+    trains on exactly the samples an uninterrupted one-rank run of batch 16 trains on, step for step."""
+    small = [a for a in SMALL if a not in ("--batch-size", "16")]
+    args = ["pretrain", str(shards), "--method", "simclr", "--epochs", "1", "--log-keys", "--workers", "1",
+            *small]  # fmt: skip
+    cli = [sys.executable, "-m", "fastssl.cli"]
+    whole = tmp_path / "whole"
+    done = subprocess.run([*cli, *args, "--batch-size", "16", "--out", str(whole)], env=_env(), timeout=300)
+    assert done.returncode == 0
+    elastic = tmp_path / "elastic"
+    two = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+         "-m", "fastssl.cli", *args, "--batch-size", "8", "--max-steps", "2", "--out", str(elastic)],
+        env=_env(), capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert two.returncode == 0, two.stderr[-3000:]
+    state = load_checkpoint(elastic / "checkpoint.pt")
+    assert state["step"] == 2 and state["loaders"][0]["plan"]["global_batch"] == 16
+    one = subprocess.run(
+        [*cli, *args, "--batch-size", "8", "--out", str(elastic), "--resume"],
+        env=_env(), capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert one.returncode == 0, one.stderr[-3000:]
+    assert "resuming a 2-rank run on 1 ranks: each takes 16 of the global batch of 16" in one.stderr
+    expected, got = _global_keys_by_step(whole), _global_keys_by_step(elastic)
+    assert sorted(got) == sorted(expected) == list(range(1, 7))
+    assert all(got[s] == expected[s] for s in expected), "the resumed global stream differs"
+    assert load_checkpoint(elastic / "checkpoint.pt")["step"] == 6

@@ -12,9 +12,11 @@ guarantee is stated in. Two orders build it:
   `block_size`, and global batch k takes `global_batch / buckets` entries from every bucket. A
   node reads only its buckets' shards, and the shards in use at once stay few.
 
-Without `drop_last` the stream is padded to whole global batches (wrapping to its start; padded
-entries carry `valid=False`), with `drop_last` the last partial global batch is left out: both
-decided on the global stream, so the padding does not depend on the world size. Each global batch
+Without `drop_last` the last global batch is short: it holds the rest of the epoch, padded (by
+wrapping to the stream's start, entries with `valid=False`) only to a multiple of the world size,
+so that a small data set is not drowned in padding; its valid entries, like every other global
+batch's, do not depend on the world size. With `drop_last` the last partial global batch is left
+out. Each global batch
 is dealt to the ranks (interleaved; in block order first cut into one contiguous segment per
 node, then interleaved among the node's ranks), and each rank's batches to its workers
 round-robin (batch b to worker b mod num_workers in a fresh epoch, (b - start) mod num_workers when
@@ -259,11 +261,12 @@ class EpochPlan:
     """One rank's epoch: the samples it reads, cut into batches, identical on every call.
 
     `batch_size` is the rank's batch; the global batch is `batch_size * world_size`. Without
-    `drop_last` every batch is full: the global stream is padded to whole global batches, padded
-    entries carry `valid=False` (fewer than one global batch of them in the epoch). With
-    `drop_last` the samples at the end of the epoch's order that fill no whole global batch are
-    left out. `order` chooses the global stream (module docstring); `nodes` (block order only) is
-    the number of nodes the ranks run on, each of which reads only its own buckets' shards.
+    `drop_last` the last global batch holds the rest of the epoch, padded to a multiple of the
+    world size so that every rank gets the same number of samples; padded entries carry
+    `valid=False`, fewer than `world_size` of them in the epoch. With `drop_last` the samples that
+    fill no whole global batch are left out. `order` chooses the global stream (module
+    docstring); `nodes` (block order only) is the number of nodes the ranks run on, each of which
+    reads only its own buckets' shards.
     `version=1` rebuilds the plan of a state saved before the global stream existed.
     """
 
@@ -305,7 +308,7 @@ class EpochPlan:
         self.nodes = nodes
         if version == 1:
             stream, valid, positions = self._legacy_stream()
-        elif order == "global":
+        elif order == "global":  # every global batch's multiple of world_size dealt interleaved
             stream, valid = self._padded(epoch_order(self.sizes, epoch, seed, shuffle))
             positions = np.arange(rank, len(stream), world_size, dtype=np.int64)
         else:
@@ -320,10 +323,12 @@ class EpochPlan:
         return total // self.global_batch if self.drop_last else -(-total // self.global_batch)
 
     def _padded(self, order: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """`order` cut or padded (wrapping to its start) to whole global batches, and `valid`."""
-        length = self._batches_in(len(order)) * self.global_batch
-        stream = np.resize(order, length) if len(order) else order[:0]
-        return stream, np.arange(length) < len(order)
+        """`order` cut to whole global batches (drop_last), or with its last global batch padded,
+        by wrapping to the stream's start, to a multiple of the world size; and `valid`."""
+        total, batch, world = len(order), self.global_batch, self.world_size
+        length = total // batch * batch if self.drop_last else total + (-total % world)
+        stream = np.resize(order, length) if total else order[:0]
+        return stream, np.arange(length) < total
 
     def _legacy_stream(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Version 1: the order padded to a multiple of the world size, each rank's share cut into
@@ -356,7 +361,7 @@ class EpochPlan:
         per_bucket = batch // buckets
         streams = block_order(self.sizes, self.epoch, self.seed, buckets, self.block_size, self.shuffle)
         total = int(self.sizes.sum())
-        num = self._batches_in(total)
+        num = -(-total // batch)  # whole global batches, the last one compacted below
         share = num * per_bucket
         fallback = np.concatenate(streams) if total else np.zeros(0, np.int64)
         parts, valid = [], []
@@ -367,11 +372,29 @@ class EpochPlan:
         shape = (buckets, num, per_bucket)
         stream = np.stack(parts).reshape(shape).transpose(1, 0, 2).reshape(-1) if share else fallback[:0]
         flags = np.stack(valid).reshape(shape).transpose(1, 0, 2).reshape(-1) if share else np.zeros(0, bool)
+        full = total // batch
+        if self.drop_last or num == full:
+            stream, flags, tail = stream[: full * batch], flags[: full * batch], 0
+        else:  # the last global batch: its real entries, padded to a multiple of the world size
+            last = stream[full * batch :][flags[full * batch :]]
+            tail = len(last) + (-len(last) % world)
+            pad = stream[: tail - len(last)]
+            stream = np.concatenate([stream[: full * batch], last, pad])
+            kept = [flags[: full * batch], np.ones(len(last), bool), np.zeros(len(pad), bool)]
+            flags = np.concatenate(kept)
         local = world // nodes
         node, local_rank = divmod(self.rank, local)
-        segment = batch // nodes
-        within = node * segment + local_rank + local * np.arange(self.batch_size, dtype=np.int64)
-        positions = (np.arange(num, dtype=np.int64)[:, None] * batch + within[None, :]).reshape(-1)
+
+        def dealt(base: int, length: int) -> np.ndarray:
+            """This rank's positions in a global batch of `length` entries at `base`: its node's
+            contiguous segment, interleaved among the node's ranks."""
+            segment = length // nodes
+            return base + node * segment + local_rank + local * np.arange(length // world, dtype=np.int64)
+
+        within = dealt(0, batch)
+        positions = (np.arange(full, dtype=np.int64)[:, None] * batch + within[None, :]).reshape(-1)
+        if tail:
+            positions = np.concatenate([positions, dealt(full * batch, tail)])
         return stream.astype(np.int64, copy=False), flags, positions
 
     @property

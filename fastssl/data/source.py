@@ -18,6 +18,7 @@ import numpy as np
 from fastssl.data.index import ShardIndex, member_kind, read_index
 from fastssl.data.manifest import Manifest, ShardInfo, sha256_file
 from fastssl.data.sample_table import BatchBytes, SampleTable
+from fastssl.data.store import RemoteShards
 from fastssl.errors import (
     ChecksumError,
     DuplicateKeyError,
@@ -126,12 +127,21 @@ class ByteSource:
     with no open files of their own, so they never share or close another's descriptors.
     """
 
-    def __init__(self, manifest: Manifest, *, max_open: int = 64, verify_checksums: bool = False):
+    def __init__(
+        self,
+        manifest: Manifest,
+        *,
+        max_open: int = 64,
+        verify_checksums: bool = False,
+        remote: RemoteShards | None = None,
+    ):
         if max_open < 1:
             raise ValueError(f"max_open must be at least 1, got {max_open}")
         self.manifest = manifest
         self.max_open = max_open
         self.verify_checksums = verify_checksums
+        # a remote shard set: shards come from its cache, downloaded and checked on first use
+        self.remote = remote
         self._indexes: dict[int, ShardIndex] = {}
         self._verified: set[int] = set()
         self._refused: dict[int, ShardError] = {}  # shard -> its checksum verdict
@@ -186,6 +196,8 @@ class ByteSource:
         the shard's verdict and raised by its reads; an unreadable file is left to the reads.
         Called before decode workers fork, so that they inherit the verdicts instead of each
         re-hashing the shards they touch."""
+        if self.remote is not None:  # every download is checked against its size and sha256
+            return
         for shard in shards:
             shard = int(shard)
             if shard in self._verified or shard in self._refused:
@@ -229,14 +241,23 @@ class ByteSource:
         if shard in self._fds:
             self._fds.move_to_end(shard)
             return self._fds[shard]
-        path = self.manifest.shard_path(shard)
         if shard in self._refused:
             raise _again(self._refused[shard], key)
-        if self.verify_checksums and shard not in self._verified:
-            self._check_checksum(shard, info, key)
+        if self.remote is not None:
+            try:
+                path = self.remote.ensure(shard)  # downloaded, checked and pinned in the cache
+            except ShardError as err:  # retries are spent: the shard stays refused
+                self._refused[shard] = err
+                raise _again(err, key) from err
+        else:
+            path = self.manifest.shard_path(shard)
+            if self.verify_checksums and shard not in self._verified:
+                self._check_checksum(shard, info, key)
         try:
             fd = os.open(path, os.O_RDONLY)
         except OSError as err:
+            if self.remote is not None:
+                self.remote.release(shard)
             raise ShardError(f"cannot open shard: {err.strerror}", shard=info.path, key=key) from err
         self._fds[shard] = fd
         self._fd_of[shard] = fd
@@ -244,7 +265,22 @@ class ByteSource:
             evicted, old = self._fds.popitem(last=False)
             self._fd_of[evicted] = -1
             os.close(old)
+            if self.remote is not None:
+                self.remote.release(evicted)
         return fd
+
+    def prefetch(self, shards: Iterable[int]) -> None:
+        """Remote shard sets: start fetching `shards` (the current batch's and the plan's next),
+        and close and unpin every other, so that the cache may evict what this reader is done with."""
+        if self.remote is None:
+            return
+        wanted = {int(s) for s in shards}
+        self._forget_inherited_fds()
+        for shard in [s for s in self._fds if s not in wanted]:
+            os.close(self._fds.pop(shard))
+            self._fd_of[shard] = -1
+            self.remote.release(shard)
+        self.remote.prefetch(sorted(wanted), keep=set(self._fds))
 
     def read(self, shard: int, sample: int, exts: tuple[str, ...] | None = None) -> SampleBytes:
         """The members `exts` (default: `default_exts()`) of sample `sample` in shard `shard`.
@@ -443,6 +479,8 @@ class ByteSource:
         if self._pid == os.getpid():
             for fd in fds.values():
                 os.close(fd)
+            if self.remote is not None:
+                self.remote.close()
 
     def __enter__(self) -> ByteSource:
         return self

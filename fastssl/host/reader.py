@@ -85,6 +85,7 @@ class BatchReader:
         verify_checksums: bool = False,
         source: ByteSource | None = None,
         timings: dict[str, float] | None = None,
+        ahead: int = 0,
     ) -> None:
         if on_error not in ("raise", "skip"):
             raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
@@ -99,6 +100,8 @@ class BatchReader:
         # seconds spent per stage, summed over batches, when given (fastssl bench --profile)
         self.timings = timings
         self._shard_names = np.array([info.path for info in manifest.shards], dtype=object)
+        # remote shard sets: how many batches past the current one the shards are fetched ahead
+        self.ahead = ahead
 
     def __call__(self, number: int, into: Slot | None = None) -> HostBatch:
         """Batch `number`; with `into`, its JPEGs are read into the slot's rows (and `jpegs` left
@@ -115,6 +118,10 @@ class BatchReader:
                 clock = now
 
         entries = self.plan.batch(number)
+        if self.source.remote is not None:  # the plan says what comes next: fetch it now
+            size = self.plan.batch_size
+            upcoming = self.plan.shard[number * size : (number + 1 + self.ahead) * size]
+            self.source.prefetch(np.unique(upcoming).tolist())
         exts = ("jpg", "cls") if self.labelled else ("jpg",)
         n = len(entries.shard)
         got = self.source.read_batch(

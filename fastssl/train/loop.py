@@ -110,7 +110,8 @@ def _device(name: str) -> torch.device:
 
 
 # fields a resumed run must share with its checkpoint (the schedule and the stream depend on them)
-_RESUME_FIXED = ("method", "backbone", "width", "epochs", "batch_size", "size", "lr", "optimizer", "seed")
+# (the batch as the global batch: a run resumes on another number of ranks, each taking its share)
+_RESUME_FIXED = ("method", "backbone", "width", "epochs", "size", "lr", "optimizer", "seed")
 
 
 class _StepSync:
@@ -236,6 +237,27 @@ def _clear_stale_temporaries(checkpoint: Path) -> None:
         print(f"fastssl: kept {note}", file=sys.stderr)
 
 
+def _resumed_batch(state: dict[str, Any], world_size: int, asked: int, report: bool) -> int:
+    """This rank's batch on resume: the checkpoint's global batch over `world_size` ranks (the
+    stream continues only with the same global batch), with a clear error when it does not divide."""
+    saved_world = len(state["loaders"])
+    plan = state["loaders"][0]["plan"]
+    global_batch = plan.get("global_batch", plan.get("batch_size", 0) * saved_world)
+    if global_batch % world_size:
+        raise ValueError(
+            f"cannot resume on {world_size} ranks: the checkpoint's global batch of {global_batch} "
+            f"({saved_world} ranks) does not divide by {world_size}; use a number of ranks that divides it"
+        )
+    batch = global_batch // world_size
+    if report and (batch != asked or saved_world != world_size):
+        print(
+            f"fastssl: resuming a {saved_world}-rank run on {world_size} ranks: each takes {batch} of the "
+            f"global batch of {global_batch}" + (f" (not --batch-size {asked})" if batch != asked else ""),
+            file=sys.stderr,
+        )
+    return batch
+
+
 def pretrain(config: PretrainConfig) -> dict[str, Any]:
     """Run (or resume) a pretraining run; returns a summary (steps, last loss, rates, paths)."""
     device = _device(config.device)
@@ -251,10 +273,16 @@ def pretrain(config: PretrainConfig) -> dict[str, Any]:
         recipe = recipe.replace(
             **{k: tuple(v) if isinstance(v, list) else v for k, v in config.recipe_options.items()}
         )
+    checkpoint_path = out / CHECKPOINT
+    state = None
+    batch_size = config.batch_size
+    if config.resume and checkpoint_path.exists():
+        state = load_checkpoint(checkpoint_path)  # on the CPU: RNG states must stay there
+        batch_size = _resumed_batch(state, size, config.batch_size, rank == 0)
     loader = SSLLoader(
         config.data,
         recipe,
-        config.batch_size,
+        batch_size,
         backend=config.backend,
         device=device,
         seed=config.seed,
@@ -277,9 +305,7 @@ def pretrain(config: PretrainConfig) -> dict[str, Any]:
     warmup = int(config.warmup_epochs * steps_per_epoch)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: warmup_cosine(s, total, warmup))
     step = 0
-    checkpoint_path = out / CHECKPOINT
-    if config.resume and checkpoint_path.exists():
-        state = load_checkpoint(checkpoint_path)  # on the CPU: RNG states must stay there
+    if state is not None:
         saved = state["config"]
         differ = [
             f"{k} {saved[k]!r} -> {getattr(config, k)!r}"
@@ -291,8 +317,10 @@ def pretrain(config: PretrainConfig) -> dict[str, Any]:
         method.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
-        loader.load_state_dict(state["loaders"][rank])
-        _set_rng_state(state["rng"][rank])
+        # every rank's loader state holds the same global position; on another world size the
+        # ranks beyond the saved ones take a saved rank's generators (model numerics may differ)
+        loader.load_state_dict(state["loaders"][rank % len(state["loaders"])])
+        _set_rng_state(state["rng"][rank % len(state["rng"])])
         step = state["step"]
         if rank == 0 and (out / "metrics.jsonl").exists():  # drop records of steps about to be redone
             lines = (out / "metrics.jsonl").read_text().splitlines()
