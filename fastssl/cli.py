@@ -91,8 +91,9 @@ def _add_inspect(sub: argparse._SubParsersAction) -> None:
             "With --verify, re-hash every shard and read every sample through its index."
         ),
     )
-    p.add_argument("data", type=Path, help="shard folder or manifest.json")
+    p.add_argument("data", help="shard folder, manifest.json, or an s3:// gs:// https:// shard set")
     p.add_argument("--verify", action="store_true", help="check checksums and read every sample")
+    _add_remote(p)
 
 
 def _add_demo(sub: argparse._SubParsersAction) -> None:
@@ -142,6 +143,7 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=_positive, default=64, help="images per batch (64)")
     p.add_argument("--batches", type=_positive, default=20, help="timed batches per contestant (20)")
     p.add_argument("--warmup", type=int, default=3, help="untimed batches first (3)")
+    _add_remote(p)
     p.add_argument("--workers", type=_positive, default=None, help="worker processes / threads (all cores)")
     p.add_argument(
         "--only",
@@ -242,6 +244,7 @@ def _add_pretrain(sub: argparse._SubParsersAction) -> None:
         help="seconds a rank waits for a silent peer before failing (1800)",
     )
     p.add_argument("--allow-pipe", action="store_true", help="let DATA be a pipe: URL (runs a shell command)")
+    _add_remote(p)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -295,6 +298,31 @@ def build_parser() -> argparse.ArgumentParser:
     _add_eval(sub)
     _add_fashion_mnist(sub)
     return parser
+
+
+def _byte_count(text: str) -> int:
+    """`50G`, `512M`, `1.5T` or a plain number of bytes."""
+    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+    number, unit = (text[:-1], text[-1].upper()) if text[-1:].upper() in units else (text, "")
+    try:
+        value = int(float(number) * units.get(unit, 1))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a byte count: {text} (say 50G, 512M or 1000000)") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+    return value
+
+
+def _add_remote(p: argparse.ArgumentParser) -> None:
+    """Options of shard sets in object storage (s3://, gs://, https:// DATA)."""
+    g = p.add_argument_group("remote shard sets (s3://, gs://, https://)")
+    g.add_argument("--cache-dir", type=Path, default=None, help="shard cache ($FASTSSL_CACHE)")
+    g.add_argument("--cache-limit", type=_byte_count, default=None, help="cache bytes, e.g. 200G (unbounded)")
+    g.add_argument(
+        "--read-order", choices=("auto", "global", "block"), default="auto",
+        help="block: whole shards per node bucket (remote default); global: one shuffle, range reads",
+    )  # fmt: skip
+    g.add_argument("--download-ahead", type=int, default=4, help="batches whose shards are fetched ahead (4)")
 
 
 def _positive_float(text: str) -> float:

@@ -49,6 +49,7 @@ def run_shards(args: argparse.Namespace) -> int:
 
 def run_index(args: argparse.Namespace) -> int:
     from fastssl.data.index import build_index, write_index
+    from fastssl.data.sums import member_sums, sums_path, write_sums
 
     status = EXIT_OK
     for tar in args.tars:
@@ -60,6 +61,7 @@ def run_index(args: argparse.Namespace) -> int:
             status = EXIT_FAILED
             continue
         write_index(index, target)
+        write_sums(member_sums(tar, index), index.exts, sums_path(target))  # for range reads
         print(f"{target}: {len(index)} samples, members {', '.join(index.exts) or 'none'}")
     return status
 
@@ -109,12 +111,25 @@ def _verify(manifest) -> list[str]:
 
 def run_inspect(args: argparse.Namespace) -> int:
     from fastssl.data.manifest import Manifest
+    from fastssl.data.remote import default_cache_dir
+    from fastssl.data.store import RemoteShards, is_remote
 
+    remote = None
     try:
-        manifest = Manifest.load(args.data)
+        if is_remote(args.data):
+            cache = args.cache_dir or default_cache_dir()
+            remote = RemoteShards(args.data, cache, cache_limit=args.cache_limit)
+            manifest = remote.open()
+        else:
+            manifest = Manifest.load(args.data)
     except DataError as err:
         _err(str(err))
         return EXIT_USAGE
+    if remote is not None:
+        print(f"remote    {remote.shown} (manifest and indexes copied to {manifest.root})")
+        if args.verify:
+            _err("--verify reads local shards; a remote set's shards are checked as they download")
+            return EXIT_USAGE
     sizes = manifest.shard_sizes
     print(f"manifest  {manifest.root / 'manifest.json'}")
     print(
@@ -207,6 +222,8 @@ def run_bench(args: argparse.Namespace) -> int:
         "progress": not args.quiet,
         "size": args.size,
         "profile": args.profile,
+        "cache_dir": str(args.cache_dir) if args.cache_dir else None,
+        "cache_limit": args.cache_limit,
     }
     try:
         report = run_bench(config, contestants)
@@ -299,6 +316,10 @@ def run_pretrain(args: argparse.Namespace) -> int:
         verify_checksums=args.verify_checksums,
         dist_timeout=args.dist_timeout,
         allow_pipe=args.allow_pipe,
+        cache_dir=str(args.cache_dir) if args.cache_dir else None,
+        cache_limit=args.cache_limit,
+        read_order=args.read_order,
+        download_ahead=args.download_ahead,
     )
     try:
         summary = pretrain(config)

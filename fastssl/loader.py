@@ -178,6 +178,7 @@ class SSLLoader:
             self.remote = RemoteShards(
                 str(data), cache_dir if cache_dir is not None else default_cache_dir(),
                 cache_limit=cache_limit, retries=retries, timeout=timeout, storage_options=storage_options,
+                ranges=read_order == "global",  # a global shuffle reads samples by range requests
             )  # fmt: skip
             self.manifest = self.remote.open()
         else:
@@ -372,7 +373,7 @@ class SSLLoader:
             timings=self.timings,
             ahead=self.download_ahead,
         )
-        if self.remote is not None:
+        if self.remote is not None and not self.remote.ranges:
             self._check_cache_holds(plan, start)
         if self._backend is None:
             self._backend = self._make_backend()
@@ -415,7 +416,8 @@ class SSLLoader:
             raise CacheFullError(
                 f"the cache limit of {limit} bytes cannot hold the {need} bytes of shards that "
                 f"{self.download_ahead + 1} consecutive batches of this rank need at once; raise "
-                "cache_limit, lower download_ahead, or read in blocks (read_order='block')"
+                "cache_limit, lower download_ahead or block_size, or read samples by range requests "
+                "(read_order='global')"
             )
 
     def _assemble(self, host: HostBatch, views: list[torch.Tensor]) -> dict[str, Any]:

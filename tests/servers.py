@@ -16,11 +16,11 @@ from pathlib import Path
 @dataclass
 class Faults:
     """What the HTTP server does wrong, by path suffix: answer `status` to the next `count`
-    requests, send only `truncate` bytes of the body, or flip a byte of it (`corrupt`)."""
+    requests, send only `truncate` bytes of the body, or flip the byte at an offset (`corrupt`)."""
 
     fail: dict[str, list[int]] = field(default_factory=dict)  # suffix -> [status, remaining count]
     truncate: dict[str, int] = field(default_factory=dict)
-    corrupt: set[str] = field(default_factory=set)
+    corrupt: dict[str, int] = field(default_factory=dict)  # suffix -> offset of the flipped byte
     requests: list[str] = field(default_factory=list)
 
     def match(self, table, path: str):
@@ -57,8 +57,10 @@ def _handler(root: Path, faults: Faults) -> type[BaseHTTPRequestHandler]:
                 self.end_headers()
                 return
             data = target.read_bytes()
-            if faults.match(faults.corrupt, path):
-                data = data[:-600] + bytes([data[-600] ^ 0xFF]) + data[-599:]
+            flipped = faults.match(faults.corrupt, path)
+            if flipped is not None:
+                at = faults.corrupt[flipped] % len(data)
+                data = data[:at] + bytes([data[at] ^ 0xFF]) + data[at + 1 :]
             start, end, status = 0, len(data), 200
             ranged = re.fullmatch(r"bytes=(\d+)-(\d*)", self.headers.get("Range", ""))
             if ranged:
@@ -136,3 +138,20 @@ def upload_folder(endpoint: str, folder: Path, bucket: str, prefix: str) -> None
     for path in sorted(folder.rglob("*")):
         if path.is_file():
             client.upload_file(str(path), bucket, f"{prefix}/{path.relative_to(folder).as_posix()}")
+
+
+@contextlib.contextmanager
+def gcs_server(monkeypatch, bucket: str) -> Iterator[str]:
+    """gcp-storage-emulator on 127.0.0.1 with `bucket`; STORAGE_EMULATOR_HOST points gcsfs at it
+    (gcsfs's experimental bucket-type probe, a gRPC call the emulator lacks, is switched off)."""
+    from gcp_storage_emulator.server import create_server
+
+    port = free_port()
+    server = create_server("127.0.0.1", port, in_memory=True, default_bucket=bucket)
+    server.start()
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", f"http://127.0.0.1:{port}")
+    monkeypatch.setenv("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.stop()

@@ -132,7 +132,11 @@ def test_sigterm_removes_the_shard_in_progress(image_folder: Path, tmp_path: Pat
     finally:
         signal.signal(signal.SIGTERM, previous)
     assert info.value.code == 128 + signal.SIGTERM
-    assert sorted(p.name for p in out.iterdir()) == ["shard-000000.idx", "shard-000000.tar"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "shard-000000.idx",
+        "shard-000000.sums",
+        "shard-000000.tar",
+    ]
 
 
 @pytest.mark.parametrize(

@@ -19,7 +19,7 @@ from fastssl.data.store import RemoteShards, redact
 from fastssl.data.writer import write_shards
 from fastssl.errors import ChecksumError, ShardError
 from fastssl.recipes import Crop
-from tests.servers import http_server, s3_server, upload_folder
+from tests.servers import gcs_server, http_server, s3_server, upload_folder
 
 NUM_IMAGES = 48
 
@@ -81,7 +81,7 @@ def test_s3_bucket_through_the_aws_environment_with_a_bounded_cache(shard_folder
 def test_a_cache_too_small_for_the_batches_in_flight_is_refused_at_start(shard_folder, tmp_path):
     with (
         http_server(shard_folder.parent) as (base, _),
-        _loader(base + "shards", tmp_path / "cache", cache_limit=1000, read_order="global") as loader,
+        _loader(base + "shards", tmp_path / "cache", cache_limit=1000) as loader,
         pytest.raises(CacheFullError, match="cannot hold the .* bytes of shards"),
     ):
         next(iter(loader))
@@ -116,7 +116,7 @@ def test_a_lost_shard_is_an_error_naming_url_and_shard_or_every_sample_is_listed
 def test_a_corrupt_or_truncated_shard_is_refused_after_its_retries(shard_folder, tmp_path):
     manifest = Manifest.load(shard_folder)
     with http_server(shard_folder.parent) as (base, faults):
-        faults.corrupt.add(manifest.shards[1].path)
+        faults.corrupt[manifest.shards[1].path] = -600
         faults.truncate[manifest.shards[4].path] = 1000
         remote = RemoteShards(base + "shards", tmp_path / "cache", retries=1, backoff=0.0, timeout=5.0)
         remote.open()
@@ -188,3 +188,53 @@ def test_block_order_deals_buckets_to_nodes(shard_folder):
     ]  # fmt: skip
     shards = [set(np.unique(p.shard).tolist()) for p in plans]
     assert len(shards[0] & shards[1]) <= 1  # at most the shard on the buckets' boundary is shared
+
+
+def test_global_order_reads_samples_by_range_requests_checked_against_their_sums(shard_folder, tmp_path):
+    """The exact global shuffle of local shards, over HTTP range requests: nothing but indexes and
+    checksums on disk, and a sample changed in transit is refused by its CRC-32, naming its key."""
+    with SSLLoader(shard_folder, Crop(size=32), batch_size=8, num_threads=1) as ref:
+        expected = [b["key"] for b in ref]
+    manifest = Manifest.load(shard_folder)
+    with http_server(shard_folder.parent) as (base, faults):
+        with _loader(base + "shards", tmp_path / "cache", read_order="global") as loader:
+            got = [b["key"] for b in loader]
+        assert got == expected  # the same global permutation as the local shards
+        assert not list((tmp_path / "cache" / "shards").rglob("*.tar"))  # no shard downloaded whole
+        from fastssl.data.index import read_index
+
+        index = read_index(shard_folder / manifest.shards[2].index)
+        offset, size = index.member(5, "jpg")
+        faults.corrupt[manifest.shards[2].path] = offset + size // 2
+        with (
+            _loader(base + "shards", tmp_path / "c2", read_order="global") as loader,
+            pytest.raises(ChecksumError, match="does not match its recorded checksum") as caught,
+        ):
+            list(loader)
+        assert caught.value.key == index.keys[5] and caught.value.shard == manifest.shards[2].path
+
+
+def test_global_order_needs_the_checksum_sidecars(shard_folder, tmp_path):
+    stripped = tmp_path / "stripped"
+    import shutil
+
+    shutil.copytree(shard_folder, stripped)
+    for sums in stripped.glob("*.sums"):
+        sums.unlink()
+    with http_server(tmp_path) as (base, _), pytest.raises(ShardError, match="fastssl index"):
+        _loader(base + "stripped", tmp_path / "cache", read_order="global")
+
+
+def test_gcs_bucket_through_the_storage_emulator(shard_folder, tmp_path, monkeypatch):
+    with gcs_server(monkeypatch, "gcs-train") as _:
+        import gcsfs
+
+        fs = gcsfs.GCSFileSystem(token="anon", project="test")
+        fs.put(str(shard_folder), "gcs-train/sets/demo", recursive=True)
+        options = {"token": "anon", "project": "test"}
+        with _loader("gs://gcs-train/sets/demo", tmp_path / "cache", storage_options=options) as loader:
+            seen = _keys(loader)
+        assert len(seen) == NUM_IMAGES and set(seen.values()) == {1}
+        with _loader("gs://gcs-train/sets/demo", tmp_path / "c2", storage_options=options,
+                     read_order="global") as loader:  # fmt: skip
+            assert len(_keys(loader)) == NUM_IMAGES

@@ -163,6 +163,7 @@ def test_existing_output_needs_overwrite_and_is_replaced_whole(image_folder: Pat
         "notes.txt",
         "rejects.jsonl",
         "shard-000000.idx",
+        "shard-000000.sums",
         "shard-000000.tar",
     ]
 
@@ -189,7 +190,7 @@ def test_interrupted_run_leaves_no_partial_shard(image_folder: Path, tmp_path: P
     with pytest.raises(KeyboardInterrupt):
         write_shards(image_folder, out, shard_size=3, workers=1, progress=False)
     names = sorted(p.name for p in out.iterdir())
-    assert names == ["shard-000000.idx", "shard-000000.tar", "shard-000001.idx", "shard-000001.tar"]
+    assert names == [f"shard-00000{i}.{ext}" for i in range(2) for ext in ("idx", "sums", "tar")]
     for tar in out.glob("*.tar"):
         assert len(members(tar)) == 6  # complete: 3 samples of jpg + cls
 
@@ -277,3 +278,22 @@ def test_file_changed_between_worker_check_and_write_is_rejected(tmp_path: Path)
     assert (changed.kind, changed.reason) == ("changed", "file changed while it was being sharded")
     path.unlink()
     assert writer_module._reload(str(path), kept).kind == "unreadable"
+
+
+def test_every_shard_gets_per_sample_checksums_that_match_its_members(image_folder, tmp_path):
+    """The `.sums` sidecar (for range reads) holds the CRC-32 of each member the index lists."""
+    import zlib
+
+    from fastssl.data.index import read_index
+    from fastssl.data.sums import read_sums, sums_path
+
+    out = tmp_path / "out"
+    write_shards(image_folder, out, shard_size=3, workers=1, progress=False)
+    for tar in sorted(out.glob("*.tar")):
+        index = read_index(tar.with_suffix(".idx"))
+        sums = read_sums(sums_path(tar.with_suffix(".idx")), index, shard=tar.name)
+        data = tar.read_bytes()
+        for i in range(len(index)):
+            for j, ext in enumerate(index.exts):
+                offset, size = index.member(i, ext)
+                assert sums[i, j] == zlib.crc32(data[offset : offset + size])

@@ -129,14 +129,23 @@ def run_child(name: str, config: dict) -> dict:
     recipe = get_recipe(config["recipe"])
     if config.get("size"):
         recipe = recipe.replace(size=config["size"])
-    manifest: Manifest = resolve_data(config["data"])
+    from fastssl.data.store import is_remote
+
+    remote = is_remote(config["data"])
+    if remote and name != "fastssl":
+        raise RuntimeError(
+            f"the {name} contestant reads local shards; time a remote shard set with --only fastssl "
+            "(benchmarks/bench_remote.py compares streaming loaders on the same URLs)"
+        )
+    manifest: Manifest | None = None if remote else resolve_data(config["data"])
     bs, workers = config["batch_size"], config["workers"]
     args = (config["warmup"], config["batches"], name, config["progress"])
     if name == "fastssl":
         from fastssl.loader import SSLLoader
 
+        remote_options = {"cache_dir": config.get("cache_dir"), "cache_limit": config.get("cache_limit")}
         loader = SSLLoader(
-            manifest,
+            config["data"] if remote else manifest,
             recipe,
             bs,
             backend=config["backend"],
@@ -144,6 +153,7 @@ def run_child(name: str, config: dict) -> dict:
             num_threads=workers,
             drop_last=True,
             profile=bool(config.get("profile")),
+            **(remote_options if remote else {}),
         )
         timings = loader.timings
         result = _measure(

@@ -9,6 +9,7 @@ import os
 import resource
 import sys
 import tarfile
+import zlib
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -29,6 +30,9 @@ from fastssl.errors import (
 )
 
 TAR_BLOCK = 512
+
+# reads `length` bytes at `offset` of one shard: os.pread on its file, or a range request
+Pread = Callable[[int, int], bytes]
 
 # where read_batch puts a batch's members: (lengths (n, k) with headers) -> (buffer, header offsets)
 Layout = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
@@ -73,7 +77,7 @@ def _header_matches(header: tarfile.TarInfo | None, expected: str, size: int) ->
 _PAX_SEARCH_BLOCKS = 16  # a pax record of up to 8 KiB before the header is found
 
 
-def _long_name_before(fd: int, header_at: int, name_bytes: int) -> str | None:
+def _long_name_before(pread: Pread, header_at: int, name_bytes: int) -> str | None:
     """The full member name that a GNU long-name record or a pax `path` record right before the
     header at `header_at` gives, or None when neither is there.
 
@@ -84,7 +88,7 @@ def _long_name_before(fd: int, header_at: int, name_bytes: int) -> str | None:
     blocks = -(-(name_bytes + 1) // TAR_BLOCK)
     start = header_at - (blocks + 1) * TAR_BLOCK
     if start >= 0:
-        record = os.pread(fd, (blocks + 1) * TAR_BLOCK, start)
+        record = pread((blocks + 1) * TAR_BLOCK, start)
         head = _parse_header(record[:TAR_BLOCK])
         if head is not None and head.type == tarfile.GNUTYPE_LONGNAME:
             return record[TAR_BLOCK : TAR_BLOCK + head.size].rstrip(b"\0").decode("utf-8", "surrogateescape")
@@ -93,10 +97,10 @@ def _long_name_before(fd: int, header_at: int, name_bytes: int) -> str | None:
         start = header_at - (blocks + 1) * TAR_BLOCK
         if start < 0:
             break
-        head = _parse_header(os.pread(fd, TAR_BLOCK, start))
+        head = _parse_header(pread(TAR_BLOCK, start))
         if head is None or head.type != tarfile.XHDTYPE or -(-head.size // TAR_BLOCK) != blocks:
             continue
-        records = os.pread(fd, head.size, start + TAR_BLOCK)
+        records = pread(head.size, start + TAR_BLOCK)
         while records:
             length, _, rest = records.partition(b" ")
             if not length.isdigit() or int(length) > len(records):
@@ -272,7 +276,7 @@ class ByteSource:
     def prefetch(self, shards: Iterable[int]) -> None:
         """Remote shard sets: start fetching `shards` (the current batch's and the plan's next),
         and close and unpin every other, so that the cache may evict what this reader is done with."""
-        if self.remote is None:
+        if self.remote is None or self._ranged:  # range reads keep nothing on disk
             return
         wanted = {int(s) for s in shards}
         self._forget_inherited_fds()
@@ -306,7 +310,7 @@ class ByteSource:
             raise UnsafeMemberError(
                 f"member name is {index.unsafe_keys[sample]}; refused", shard=info.path, key=key
             )
-        fd = self._fd(shard, info, key)
+        pread = self._pread(shard, info, key)
         members: dict[str, bytes] = {}
         for ext in exts or self.default_exts():
             where = index.member(sample, ext)
@@ -316,8 +320,31 @@ class ByteSource:
                     shard=info.path,
                     key=key,
                 )
-            members[ext] = self._read_member(fd, info, key, ext, *where)
+            members[ext] = self._read_member(pread, info, key, ext, *where)
+            if self._ranged:
+                expected = int(self.remote.sums(shard, index)[sample, index.exts.index(ext)])
+                if zlib.crc32(members[ext]) != expected:
+                    raise ChecksumError(
+                        f".{ext} does not match its recorded checksum (read from "
+                        f"{self.remote.shown_url(info)}; the shard changed, or the transfer broke)",
+                        shard=info.path,
+                        key=key,
+                    )
         return SampleBytes(info.path, key, members)
+
+    @property
+    def _ranged(self) -> bool:
+        """Whether samples are read one by one with range requests (a remote set in global order)."""
+        return self.remote is not None and self.remote.ranges
+
+    def _pread(self, shard: int, info: ShardInfo, key: str) -> Pread:
+        """How to read bytes of `shard`: from its (downloaded) file, or by range requests."""
+        if self._ranged:
+            if shard in self._refused:
+                raise _again(self._refused[shard], key)
+            return lambda length, offset: self.remote.read_range(shard, offset, length, key)
+        fd = self._fd(shard, info, key)
+        return lambda length, offset: os.pread(fd, length, offset)
 
     def _load_tables(self, distinct: np.ndarray) -> np.ndarray:
         """Load the indexes of `distinct` shards into the sample table; True where unusable."""
@@ -368,8 +395,9 @@ class ByteSource:
         distinct = np.unique(shards)
         unusable = self._load_tables(distinct)
         table = self._table
+        unusable[distinct[np.isin(distinct, list(self._refused))]] = True
         closed = distinct[(self._fd_of[distinct] < 0) & ~unusable[distinct]]
-        if len(closed):
+        if len(closed) and not self._ranged:
             # every file of one batch open at once, within the process's descriptor limit (a batch
             # over more shards reads the rest through `read`); its open files first move to the
             # recent end, so that opening the others never evicts them
@@ -398,15 +426,19 @@ class ByteSource:
             buf = self._buffers.take(int(ends[-1]) if len(ends) else 0)
         else:
             buf, at = layout(lengths)
-        fds = np.repeat(self._fd_of[shards].astype(np.int64), width).reshape(n, width)
         fast = ~slow
-        got = read_members(
-            fds[fast].ravel(),
-            (offsets[fast] - TAR_BLOCK).ravel(),
-            lengths[fast].ravel(),
-            buf,
-            at[fast].ravel(),
-        )
+        member_shards = np.repeat(shards, width).reshape(n, width)[fast].ravel()
+        if self._ranged:  # one range request per member, all of the batch's at once
+            starts = (offsets[fast] - TAR_BLOCK).ravel()
+            got = self.remote.read_ranges(member_shards, starts, lengths[fast].ravel(), buf, at[fast].ravel())
+        else:
+            got = read_members(
+                self._fd_of[member_shards].astype(np.int64),
+                (offsets[fast] - TAR_BLOCK).ravel(),
+                lengths[fast].ravel(),
+                buf,
+                at[fast].ravel(),
+            )
         suffixes = np.zeros((width, 16), np.uint8)
         for j, ext in enumerate(exts):
             dotted = ("." + ext).encode("utf-8", "surrogateescape")[:16]
@@ -417,6 +449,11 @@ class ByteSource:
             buf, at[fast].ravel(), sizes[fast].ravel(), table.names, table.name_at[member_gid],
             table.name_len[member_gid], suffixes[rows],
         )  # fmt: skip
+        if self._ranged:  # each member against its recorded checksum; a mismatch takes the slow path
+            ok &= self._sums_match(
+                member_shards, np.repeat(samples[fast], width), [exts[j] for j in rows.tolist()], buf,
+                (at[fast] + TAR_BLOCK).ravel(), sizes[fast].ravel(),
+            )  # fmt: skip
         slow[np.flatnonzero(fast)[~ok.reshape(-1, width).all(axis=1)]] = True
         sizes = np.where(slow[:, None], 0, sizes)  # a slow row has no bytes in buf: nothing to scan
         keys = table.keys[gid]
@@ -424,14 +461,30 @@ class ByteSource:
         keys = keys.tolist()
         return BatchBytes(buf, np.where(slow[:, None], 0, at + TAR_BLOCK), sizes, slow, keys)
 
+    def _sums_match(
+        self, shards: np.ndarray, samples: np.ndarray, exts: list[str], buf: np.ndarray, starts: np.ndarray,
+        sizes: np.ndarray,
+    ) -> np.ndarray:  # fmt: skip
+        """Whether each member's bytes in `buf` have the CRC-32 recorded for it. A Python loop per
+        member, only on range reads, where the network costs far more (zlib releases the GIL)."""
+        ok = np.zeros(len(shards), np.bool_)
+        view = memoryview(buf)
+        for m, (shard, sample, ext, start, size) in enumerate(
+            zip(shards.tolist(), samples.tolist(), exts, starts.tolist(), sizes.tolist(), strict=True)
+        ):
+            index = self.index(shard)
+            expected = int(self.remote.sums(shard, index)[sample, index.exts.index(ext)])
+            ok[m] = zlib.crc32(view[start : start + size]) == expected
+        return ok
+
     @staticmethod
-    def _read_member(fd: int, info: ShardInfo, key: str, ext: str, offset: int, size: int) -> bytes:
+    def _read_member(pread: Pread, info: ShardInfo, key: str, ext: str, offset: int, size: int) -> bytes:
         if offset < TAR_BLOCK:
             raise IndexMismatchError(
                 f".{ext} offset {offset} lies inside the first header", shard=info.path, key=key
             )
         try:
-            block = os.pread(fd, size + TAR_BLOCK, offset - TAR_BLOCK)
+            block = pread(size + TAR_BLOCK, offset - TAR_BLOCK)
         except OSError as err:
             raise ShardError(f"read failed: {err.strerror}", shard=info.path, key=key) from err
         if len(block) < size + TAR_BLOCK:
@@ -451,7 +504,7 @@ class ByteSource:
                 key=key,
             )
         if _header_matches(header, expected, size) and header.name != expected:
-            full = _long_name_before(fd, offset - TAR_BLOCK, len(expected.encode()))
+            full = _long_name_before(pread, offset - TAR_BLOCK, len(expected.encode()))
             if full != expected:  # the header's truncated name agrees, the whole name does not
                 raise IndexMismatchError(
                     f"index says {expected!r} at offset {offset}, the tar's long-name record there "

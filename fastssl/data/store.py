@@ -25,8 +25,12 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+import numpy as np
+
 from fastssl.data.cache import CacheFullError, ShardCache
+from fastssl.data.index import ShardIndex
 from fastssl.data.manifest import MANIFEST_NAME, Manifest, ShardInfo
+from fastssl.data.sums import read_sums, sums_path
 from fastssl.errors import ChecksumError, ManifestError, ShardError
 
 REMOTE_SCHEMES = ("s3", "gs", "gcs", "http", "https")
@@ -72,6 +76,7 @@ class RemoteShards:
         timeout: float = 60.0,
         threads: int = 4,
         storage_options: dict[str, Any] | None = None,
+        ranges: bool = False,
     ) -> None:
         if not is_remote(url):
             raise ValueError(f"not a remote shard set URL: {redact(url)}")
@@ -85,6 +90,9 @@ class RemoteShards:
         self.cache = ShardCache(root / "shards", cache_limit)
         self.meta = root / "meta" / hashlib.sha256(redact(self.url).encode()).hexdigest()[:24]
         self.manifest: Manifest | None = None
+        # global read order: every sample by a range request, checked against its recorded CRC-32
+        self.ranges = ranges
+        self._sums: dict[int, np.ndarray] = {}
         self.downloaded_bytes = 0
         self._pool: concurrent.futures.ThreadPoolExecutor | None = None
         self._pending: dict[int, concurrent.futures.Future] = {}
@@ -93,7 +101,7 @@ class RemoteShards:
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
-        state["_pool"], state["_pending"], state["_lock"] = None, {}, None
+        state["_pool"], state["_pending"], state["_lock"], state["_sums"] = None, {}, None, {}
         return state
 
     def __setstate__(self, state: dict) -> None:
@@ -205,18 +213,86 @@ class RemoteShards:
                     "against them (write the manifest with `fastssl shards`)",
                     path=redact(manifest_url),
                 )
-        missing = [info for info in manifest.shards if not (folder / info.index).is_file()]
+        wanted = [info.index for info in manifest.shards]
+        if self.ranges:  # and the per-sample checksums each range read is checked against
+            wanted += [str(PurePosixPath(info.index).with_suffix(".sums")) for info in manifest.shards]
+        missing = [relative for relative in wanted if not (folder / relative).is_file()]
         if missing:
-            paths = [self._path(fs, base, info.index) for info in missing]
-            texts = self._attempt("indexes", self.url, lambda: fs.cat(paths, on_error="raise"))
-            for info, path in zip(missing, paths, strict=True):
-                target = folder / info.index
+            paths = [self._path(fs, base, relative) for relative in missing]
+            texts = self._attempt("indexes", self.url, lambda: fs.cat(paths, on_error="return"))
+            for relative, path in zip(missing, paths, strict=True):
+                got = texts[path]
+                if isinstance(got, FileNotFoundError) and relative.endswith(".sums"):
+                    raise ShardError(
+                        f"the global read order reads samples by range requests and checks each against "
+                        f"its recorded checksum, and {redact(_join(self.url, relative))} is missing; write "
+                        "the checksums with `fastssl index` (new shards have them), or read in blocks "
+                        "(read_order='block')",
+                        shard=relative.removesuffix(".sums") + ".tar",
+                    )
+                if isinstance(got, BaseException):
+                    self._attempt("index", _join(self.url, relative), lambda got=got: _raise(got))
+                target = folder / relative
                 target.parent.mkdir(parents=True, exist_ok=True)
                 tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-                tmp.write_bytes(texts[path])
+                tmp.write_bytes(got)
                 os.replace(tmp, target)
         self.manifest = manifest
         return manifest
+
+    # -- samples by range requests (global read order) ------------------------------------------
+    def sums(self, shard: int, index: ShardIndex) -> np.ndarray:
+        """The recorded CRC-32 of every member of `shard`, (samples, index exts), read once."""
+        table = self._sums.get(shard)
+        if table is None:
+            info = self.manifest.shards[shard]
+            table = read_sums(sums_path(self.manifest.index_path(shard)), index, shard=info.path)
+            self._sums[shard] = table
+        return table
+
+    def shown_url(self, info: ShardInfo) -> str:
+        return redact(self.shard_url(info))
+
+    def read_range(self, shard: int, offset: int, length: int, key: str | None = None) -> bytes:
+        """`length` bytes at `offset` of `shard` by one range request, with retries; fewer at the
+        end of the file, as `os.pread` gives."""
+        info = self.manifest.shards[shard]
+        fs, base = self._fs()
+        path = self._path(fs, base, info.path)
+        end = min(offset + length, info.bytes)
+        if end <= offset:
+            return b""
+        try:
+            return self._attempt(
+                "sample", self.shard_url(info), lambda: fs.cat_file(path, offset, end), shard=info.path
+            )
+        except ShardError as err:
+            raise type(err)(err.reason, shard=info.path, key=key) from err
+
+    def read_ranges(
+        self, shards: np.ndarray, starts: np.ndarray, lengths: np.ndarray, buf: np.ndarray, at: np.ndarray
+    ) -> np.ndarray:
+        """Every (shard, start, length) range into `buf` at `at`, requested concurrently (fsspec's
+        `cat_ranges`); bytes received per range, 0 for a range whose request failed (its sample
+        then takes the per-sample path, with retries and the exact error)."""
+        got = np.zeros(len(shards), np.int64)
+        if not len(shards):
+            return got
+        fs, base = self._fs()
+        infos = self.manifest.shards
+        paths = [self._path(fs, base, infos[s].path) for s in shards.tolist()]
+        ends = np.minimum(starts + lengths, [infos[s].bytes for s in shards.tolist()])
+        try:
+            parts = fs.cat_ranges(paths, starts.tolist(), ends.tolist(), on_error="return")
+        except Exception:  # noqa: BLE001 - the whole batch failed: every sample goes by itself
+            return got
+        for m, part in enumerate(parts):
+            if isinstance(part, (bytes, bytearray)):
+                size = min(len(part), int(lengths[m]))
+                buf[at[m] : at[m] + size] = np.frombuffer(part, np.uint8, size)
+                got[m] = size
+        self.downloaded_bytes += int(got.sum())
+        return got
 
     # -- shards --------------------------------------------------------------------------------
     def cache_name(self, info: ShardInfo) -> str:
@@ -296,6 +372,10 @@ class RemoteShards:
 class _Corrupt(Exception):
     """A body that arrived but is not the shard (short, or another checksum): retried, then a
     `ChecksumError`."""
+
+
+def _raise(err: BaseException) -> None:
+    raise err
 
 
 def _status(err: BaseException) -> int | None:

@@ -31,6 +31,7 @@ from fastssl.data.keys import make_keys
 from fastssl.data.manifest import MANIFEST_NAME, Manifest, ShardInfo, sha256_file
 from fastssl.data.parallel import ordered_map
 from fastssl.data.scan import scan_source
+from fastssl.data.sums import member_sums, sums_path, write_sums
 from fastssl.errors import ShardError
 
 REJECTS_NAME = "rejects.jsonl"
@@ -130,6 +131,8 @@ class _ShardSink:
         if list(index.keys) != self._keys:
             raise ShardError("index of the shard just written does not list its keys", shard=tar_name)
         write_index(index, tmp_idx)
+        tmp_sums = self._tmp(sums_path(idx_name).name)
+        write_sums(member_sums(tmp_tar, index), index.exts, tmp_sums)
         info = ShardInfo(
             path=tar_name,
             index=idx_name,
@@ -137,7 +140,8 @@ class _ShardSink:
             bytes=tmp_tar.stat().st_size,
             sha256=sha256_file(tmp_tar),
         )
-        # Index first: a tar under its final name always has its index beside it.
+        # Index first: a tar under its final name always has its index (and checksums) beside it.
+        durable_replace(tmp_sums, self.out / sums_path(idx_name).name)
         durable_replace(tmp_idx, self.out / idx_name)
         durable_replace(tmp_tar, self.out / tar_name)
         self.shards.append(info)
@@ -152,7 +156,7 @@ class _ShardSink:
         if self._tar is not None:
             self._tar.fileobj.close()
             self._tar = None
-        for name in self._names():
+        for name in (*self._names(), sums_path(self._names()[1]).name):
             self._tmp(name).unlink(missing_ok=True)
 
 
@@ -162,7 +166,7 @@ _TMP_GLOBS = (".shard-*.tmp", f".{MANIFEST_NAME}.*.tmp", f".{REJECTS_NAME}.*.tmp
 def _owned_outputs(out: Path) -> list[Path]:
     """Final-named files of an earlier shard run in `out` (never anything else)."""
     names = [out / MANIFEST_NAME, out / REJECTS_NAME]
-    globs = ["shard-*.tar", "shard-*.idx"]
+    globs = ["shard-*.tar", "shard-*.idx", "shard-*.sums"]
     return [p for p in names if p.exists()] + sorted(p for g in globs for p in out.glob(g))
 
 

@@ -69,6 +69,10 @@ class PretrainConfig:
     on_error: str = "raise"  # or "skip": bad samples are counted and listed in metrics.jsonl
     verify_checksums: bool = False
     allow_pipe: bool = False  # let `data` be a pipe: URL (a shell command)
+    cache_dir: str | None = None  # remote shard sets: where shards are cached
+    cache_limit: int | None = None  # bytes
+    read_order: str = "auto"  # block for remote shard sets, global for local ones
+    download_ahead: int = 4
     dist_timeout: float = 1800.0  # seconds a collective waits for a silent rank before failing
 
 
@@ -290,6 +294,10 @@ def pretrain(config: PretrainConfig) -> dict[str, Any]:
         on_error=config.on_error,
         verify_checksums=config.verify_checksums,
         allow_pipe=config.allow_pipe,
+        cache_dir=config.cache_dir,
+        cache_limit=config.cache_limit,
+        read_order=config.read_order,
+        download_ahead=config.download_ahead,
     )
     cuda = device.type == "cuda"
     channels_last = cuda if config.channels_last is None else config.channels_last
