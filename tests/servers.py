@@ -142,15 +142,13 @@ def upload_folder(endpoint: str, folder: Path, bucket: str, prefix: str) -> None
 
 @contextlib.contextmanager
 def gcs_server(monkeypatch, bucket: str) -> Iterator[str]:
-    """gcp-storage-emulator on 127.0.0.1 with `bucket`; STORAGE_EMULATOR_HOST points gcsfs at it
-    (gcsfs's experimental bucket-type probe, a gRPC call the emulator lacks, is switched off)."""
+    """gcp-storage-emulator on 127.0.0.1 with `bucket`; STORAGE_EMULATOR_HOST points gcsfs at it."""
     from gcp_storage_emulator.server import create_server
 
     port = free_port()
     server = create_server("127.0.0.1", port, in_memory=True, default_bucket=bucket)
     server.start()
     monkeypatch.setenv("STORAGE_EMULATOR_HOST", f"http://127.0.0.1:{port}")
-    monkeypatch.setenv("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
     try:
         yield f"http://127.0.0.1:{port}"
     finally:

@@ -5,6 +5,7 @@ dies makes the other fail within --dist-timeout instead of hanging."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -47,6 +48,23 @@ def _launch(url: str, out: Path, cache: Path, port: int, *extra: str) -> subproc
     )
 
 
+def _kill_processes_of(marker: Path) -> int:
+    """SIGKILL every process whose command line names `marker` (a node's cache folder: its launcher,
+    its ranks and their feeders; torchrun starts ranks in sessions of their own, so no process
+    group holds them all). Returns how many were found."""
+    found = 0
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            words = cmdline.read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if any(str(marker).encode() in word for word in words) and int(cmdline.parent.name) != os.getpid():
+            found += 1
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(cmdline.parent.name), signal.SIGKILL)
+    return found
+
+
 def _cached_shards(cache: Path, manifest: Manifest) -> set[int]:
     by_name = {f"{info.sha256[:40]}.tar": i for i, info in enumerate(manifest.shards)}
     return {by_name[p.name] for p in (cache / "shards").glob("*.tar")}
@@ -59,7 +77,13 @@ def test_two_nodes_each_download_only_their_buckets_and_read_every_sample_once(s
         url = base + "shards/"
         run = tmp_path / "run"
         nodes = [_launch(url, run, tmp_path / f"cache{n}", port, "--epochs", "1") for n in (0, 1)]
-        logs = [node.communicate(timeout=400)[0] for node in nodes]
+        try:
+            logs = [node.communicate(timeout=400)[0] for node in nodes]
+        finally:
+            for n, node in enumerate(nodes):
+                if node.poll() is None:
+                    _kill_processes_of(tmp_path / f"cache{n}")
+                node.wait()
     assert [node.returncode for node in nodes] == [0, 0], "\n".join(log[-3000:] for log in logs)
     keys = Counter()
     for rank in range(4):
@@ -86,13 +110,12 @@ def test_a_launcher_that_dies_makes_the_other_fail_within_the_timeout(shard_root
                 assert time.monotonic() < deadline, "training never started"
                 assert all(node.poll() is None for node in nodes)
                 time.sleep(0.5)
-            os.killpg(nodes[1].pid, signal.SIGKILL)  # the whole launcher: agent and its two ranks
+            assert _kill_processes_of(tmp_path / "cache1") >= 3  # the whole node: launcher, ranks, feeders
             killed_at = time.monotonic()
             nodes[0].communicate(timeout=200)
             assert nodes[0].returncode != 0
             assert time.monotonic() - killed_at < 20 + 90  # the timeout, and torchrun's own teardown
         finally:
-            for node in nodes:
-                if node.poll() is None:
-                    os.killpg(node.pid, signal.SIGKILL)
+            for n, node in enumerate(nodes):  # nothing of either node outlives the test
+                _kill_processes_of(tmp_path / f"cache{n}")
                 node.wait()

@@ -50,15 +50,16 @@ def test_http_shard_set_streams_every_sample_once_in_block_order(shard_folder, t
         with _loader(base + "shards/", tmp_path / "cache") as loader:
             assert loader.read_order == "block"
             seen = _keys(loader)
-            # the same epoch from the local copy, in the same block order, gives the same keys
-            assert loader.remote.downloaded_bytes == sum(s.bytes for s in local.shards)
+        fetched = Counter(r for r in faults.requests if r.endswith(".tar"))
+        assert sorted(fetched) == sorted(f"/shards/{s.path}" for s in local.shards)  # every shard
+        assert len(list((tmp_path / "cache" / "shards").glob("*.tar"))) == len(local.shards)
         with SSLLoader(shard_folder, Crop(size=32), batch_size=8, num_threads=1, read_order="block") as ref:
             expected = _keys(ref)
         assert seen == expected and len(seen) == NUM_IMAGES and set(seen.values()) == {1}
         # a second loader finds every shard in the cache: no shard is downloaded again
         before = sum(1 for r in faults.requests if r.endswith(".tar"))
         with _loader(base + "shards", tmp_path / "cache") as again:
-            assert _keys(again) == expected and again.remote.downloaded_bytes == 0
+            assert _keys(again) == expected
         assert sum(1 for r in faults.requests if r.endswith(".tar")) == before
 
 
@@ -227,9 +228,9 @@ def test_global_order_needs_the_checksum_sidecars(shard_folder, tmp_path):
 
 def test_gcs_bucket_through_the_storage_emulator(shard_folder, tmp_path, monkeypatch):
     with gcs_server(monkeypatch, "gcs-train") as _:
-        import gcsfs
+        from gcsfs.core import GCSFileSystem  # the JSON-API client fastssl uses (no gRPC)
 
-        fs = gcsfs.GCSFileSystem(token="anon", project="test")
+        fs = GCSFileSystem(token="anon", project="test")
         fs.put(str(shard_folder), "gcs-train/sets/demo", recursive=True)
         options = {"token": "anon", "project": "test"}
         with _loader("gs://gcs-train/sets/demo", tmp_path / "cache", storage_options=options) as loader:

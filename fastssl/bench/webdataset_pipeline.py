@@ -37,14 +37,20 @@ class _ViewsOf:
 
 
 def webdataset_batches(
-    manifest: Manifest, recipe: Recipe, batch_size: int, workers: int, seed: int = 0
+    manifest: Manifest,
+    recipe: Recipe,
+    batch_size: int,
+    workers: int,
+    seed: int = 0,
+    urls: list[str] | None = None,
 ) -> Iterator[list[torch.Tensor]]:
-    """Endless batches of `[view, ...]` (one float32 CHW tensor per view), epoch after epoch."""
+    """Endless batches of `[view, ...]` (one float32 CHW tensor per view), epoch after epoch; from
+    the manifest's local shard files, or from `urls` (WebDataset streams http URLs through curl)."""
     import webdataset as wds
 
     if not supports(recipe):
         raise ValueError(f"the webdataset contestant times whole-image recipes, not {recipe.name!r}")
-    urls = [str(manifest.shard_path(i)) for i in range(len(manifest.shards))]
+    urls = urls or [str(manifest.shard_path(i)) for i in range(len(manifest.shards))]
     views = RecipeViews(recipe)
     dataset = (
         wds.WebDataset(urls, shardshuffle=len(urls), seed=seed, empty_check=False)

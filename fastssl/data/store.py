@@ -128,6 +128,13 @@ class RemoteShards:
             config.setdefault("read_timeout", self.timeout)
             config.setdefault("retries", {"max_attempts": 1})  # fastssl's own retries, counted
         try:
+            if scheme in ("gs", "gcs"):
+                # gcsfs's classic JSON-API client: its newer default probes each bucket over gRPC,
+                # whose state does not survive the fork of a feeder process (the child aborts)
+                from gcsfs.core import GCSFileSystem
+
+                fs = GCSFileSystem(**options)
+                return fs, fs._strip_protocol(self.url)
             fs, path = fsspec.core.url_to_fs(self.url, **options)
         except ImportError as err:  # fsspec names the client package; say which extra brings it
             extra = {"s3": "s3", "gs": "gcs", "gcs": "gcs"}.get(scheme, "http")
