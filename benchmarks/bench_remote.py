@@ -7,9 +7,11 @@ store would not); the shards are uploaded with boto3 and read by fastssl as s3:/
 with WebDataset's README loader (shard shuffle, a 1,000-sample shuffle buffer, `decode("pil")`,
 the recipe's views as the `fastssl bench` baseline writes them, the same worker count).
 
-Each contestant reads whole epochs, epoch boundaries included. img/s: a consumer that does
+Each contestant reads whole epochs, epoch boundaries and the loader's start included (an untimed
+epoch on local disk first compiles the kernels and fills the page cache). img/s: a consumer that does
 nothing. Wait share: a consumer that spends `step` seconds per batch (1.25x fastssl's per-batch time
-on local disk, measured first), and the fraction of the wall time it spent inside `next(loader)`.
+on local disk, measured first), and the fraction of the time from its first batch on that it spent
+inside `next(loader)`; the seconds to that first batch (the loader's start) beside it.
 
     python benchmarks/bench_remote.py SHARDS [--recipe crop --size 112 --batch-size 64 --workers 2]
 """
@@ -64,10 +66,12 @@ def start_s3(shards: Path, bucket: str = "bench", prefix: str = "train") -> tupl
     return server, endpoint
 
 
-def epochs(make, step: float, count: int) -> tuple[float, float]:
-    """(images per second, share of wall time spent waiting on the loader) over `count` epochs of
-    the loader `make()` builds; the consumer spends `step` seconds per batch."""
-    images, waited = 0, 0.0
+def epochs(make, step: float, count: int) -> tuple[float, float, float]:
+    """(images per second, share of time spent waiting on the loader, seconds to the first batch)
+    over `count` epochs of the loader `make()` builds; the consumer spends `step` seconds per
+    batch. The wait share counts from the first batch on (epoch boundaries included): the loader's
+    start is the third figure."""
+    images, waited, first = 0, 0.0, None
     start = time.perf_counter()
     for batches in make(count):
         it = iter(batches)
@@ -77,12 +81,16 @@ def epochs(make, step: float, count: int) -> tuple[float, float]:
                 batch = next(it)
             except StopIteration:
                 break
-            waited += time.perf_counter() - asked
+            now = time.perf_counter()
+            if first is None:
+                first = now
+            else:
+                waited += now - asked
             images += len(batch["key"]) if isinstance(batch, dict) else len(batch[0])
             if step:
                 time.sleep(step)
-    wall = time.perf_counter() - start
-    return images / wall, waited / wall
+    end = time.perf_counter()
+    return images / (end - start), waited / (end - first), first - start
 
 
 def fastssl_epochs(data, recipe, args, **options):
@@ -114,7 +122,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=112)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--epochs", type=int, default=1, help="epochs per measurement (1)")
+    parser.add_argument("--epochs", type=int, default=2, help="epochs per measurement (2)")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     recipe = get_recipe(args.recipe).replace(size=args.size)
@@ -125,9 +133,10 @@ def main() -> None:
     http_urls = [f"{endpoint}/bench/train/{info.path}" for info in manifest.shards]
     try:
         local = fastssl_epochs(args.shards, recipe, args)
-        rate, _ = epochs(local, 0.0, args.epochs)
+        epochs(local, 0.0, 1)  # untimed: compiles the kernels and warms the page cache for everyone
+        rate = epochs(local, 0.0, args.epochs)[0]
         step = 1.25 * args.batch_size / rate
-        rows = [("fastssl, local disk (global order)", rate, epochs(local, step, args.epochs)[1])]
+        rows = [("fastssl, local disk (global order)", rate, *epochs(local, step, args.epochs)[1:])]
         warm = fastssl_epochs(url, recipe, args, cache_dir=cache)
         epochs(warm, 0.0, 1)  # fills the cache: the warm contestant's epochs find every shard there
         contestants = [
@@ -141,9 +150,9 @@ def main() -> None:
         for name, make in contestants:
             if make is None:  # cold: a fresh cache for each of the two measurements
                 cold = [fastssl_epochs(url, recipe, args, cache_dir=cache / f"cold{i}") for i in (0, 1)]
-                rows.append((name, epochs(cold[0], 0.0, 1)[0], epochs(cold[1], step, 1)[1]))
+                rows.append((name, epochs(cold[0], 0.0, 1)[0], *epochs(cold[1], step, 1)[1:]))
                 continue
-            rows.append((name, epochs(make, 0.0, args.epochs)[0], epochs(make, step, args.epochs)[1]))
+            rows.append((name, epochs(make, 0.0, args.epochs)[0], *epochs(make, step, args.epochs)[1:]))
     finally:
         server.terminate()
         server.wait()
@@ -153,12 +162,13 @@ def main() -> None:
         f"{args.recipe} at {args.size} px, batch {args.batch_size}, {args.workers} workers, "
         f"{manifest.num_samples} samples in {len(manifest.shards)} shards; consumer step {step * 1e3:.0f} ms"
     )
-    print("| contestant | img/s | vs local disk | loader-wait share |")
-    print("| --- | ---: | ---: | ---: |")
-    for name, rate, wait in rows:
-        print(f"| {name} | {rate:.0f} | {rate / base:.2f} | {wait:.1%} |")
+    print("| contestant | img/s | vs local disk | loader-wait share | first batch (s) |")
+    print("| --- | ---: | ---: | ---: | ---: |")
+    for name, rate, wait, first in rows:
+        print(f"| {name} | {rate:.0f} | {rate / base:.2f} | {wait:.1%} | {first:.1f} |")
     if args.json:
-        args.json.write_text(json.dumps([dict(zip(("name", "img_s", "wait"), r, strict=True)) for r in rows]))
+        fields = ("name", "img_s", "wait", "first_batch_s")
+        args.json.write_text(json.dumps([dict(zip(fields, r, strict=True)) for r in rows]))
 
 
 if __name__ == "__main__":

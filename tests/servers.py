@@ -7,6 +7,7 @@ import contextlib
 import re
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -21,6 +22,7 @@ class Faults:
     fail: dict[str, list[int]] = field(default_factory=dict)  # suffix -> [status, remaining count]
     truncate: dict[str, int] = field(default_factory=dict)
     corrupt: dict[str, int] = field(default_factory=dict)  # suffix -> offset of the flipped byte
+    stall: dict[str, float] = field(default_factory=dict)  # suffix -> seconds before the body starts
     requests: list[str] = field(default_factory=list)
 
     def match(self, table, path: str):
@@ -75,6 +77,9 @@ def _handler(root: Path, faults: Faults) -> type[BaseHTTPRequestHandler]:
             if status == 206:
                 self.send_header("Content-Range", f"bytes {start}-{end - 1}/{len(data)}")
             self.end_headers()
+            stalled = faults.match(faults.stall, path)
+            if stalled is not None and body:
+                time.sleep(faults.stall[stalled])  # headers sent, the body does not come
             if body:
                 sent = chunk if cut is None else chunk[: faults.truncate[cut]]
                 with contextlib.suppress(OSError):

@@ -239,3 +239,18 @@ def test_gcs_bucket_through_the_storage_emulator(shard_folder, tmp_path, monkeyp
         with _loader("gs://gcs-train/sets/demo", tmp_path / "c2", storage_options=options,
                      read_order="global") as loader:  # fmt: skip
             assert len(_keys(loader)) == NUM_IMAGES
+
+
+def test_a_stalled_response_times_out_and_is_retried_then_named(shard_folder, tmp_path):
+    manifest = Manifest.load(shard_folder)
+    with http_server(shard_folder.parent) as (base, faults):
+        faults.stall[manifest.shards[2].path] = 5.0  # longer than the 1 s timeout, every time
+        remote = RemoteShards(base + "shards", tmp_path / "cache", retries=1, backoff=0.0, timeout=1.0)
+        remote.open()
+        with pytest.raises(ShardError, match=r"gave up after 2 tries .*shard-000002\.tar") as caught:
+            remote.ensure(2)
+        assert caught.value.shard == manifest.shards[2].path
+        assert sum(r.endswith("shard-000002.tar") for r in faults.requests) == 2
+        del faults.stall[manifest.shards[2].path]
+        assert remote.ensure(2).is_file()  # once the server answers again, the shard comes
+        remote.close()

@@ -35,6 +35,7 @@ from fastssl.errors import ChecksumError, ManifestError, ShardError
 
 REMOTE_SCHEMES = ("s3", "gs", "gcs", "http", "https")
 _CHUNK = 8 << 20
+_MERGE_GAP = 4096  # range reads of one shard this close together go in one request
 
 
 def is_remote(location: object) -> bool:
@@ -281,22 +282,39 @@ class RemoteShards:
     ) -> np.ndarray:
         """Every (shard, start, length) range into `buf` at `at`, requested concurrently (fsspec's
         `cat_ranges`); bytes received per range, 0 for a range whose request failed (its sample
-        then takes the per-sample path, with retries and the exact error)."""
+        then takes the per-sample path, with retries and the exact error). Ranges of one shard less
+        than `_MERGE_GAP` bytes apart (a sample's `.cls` and `.jpg`, which the tar keeps side by
+        side) share one request: the store's cost is per request far more than per byte."""
         got = np.zeros(len(shards), np.int64)
         if not len(shards):
             return got
         fs, base = self._fs()
         infos = self.manifest.shards
-        paths = [self._path(fs, base, infos[s].path) for s in shards.tolist()]
-        ends = np.minimum(starts + lengths, [infos[s].bytes for s in shards.tolist()])
+        sizes = np.array([infos[s].bytes for s in shards.tolist()], np.int64)
+        ends = np.minimum(starts + lengths, sizes)
+        order = np.lexsort((starts, shards)).tolist()
+        groups: list[list[int]] = []  # members per request, in file order
+        for m in order:
+            last = groups[-1][-1] if groups else None
+            if last is not None and shards[m] == shards[last] and starts[m] - ends[last] <= _MERGE_GAP:
+                groups[-1].append(m)
+            else:
+                groups.append([m])
+        paths = [self._path(fs, base, infos[int(shards[g[0]])].path) for g in groups]
+        lo = [int(starts[g[0]]) for g in groups]
+        hi = [int(max(ends[m] for m in g)) for g in groups]
         try:
-            parts = fs.cat_ranges(paths, starts.tolist(), ends.tolist(), on_error="return")
+            parts = fs.cat_ranges(paths, lo, hi, on_error="return")
         except Exception:  # noqa: BLE001 - the whole batch failed: every sample goes by itself
             return got
-        for m, part in enumerate(parts):
-            if isinstance(part, (bytes, bytearray)):
-                size = min(len(part), int(lengths[m]))
-                buf[at[m] : at[m] + size] = np.frombuffer(part, np.uint8, size)
+        for group, begin, part in zip(groups, lo, parts, strict=True):
+            if not isinstance(part, (bytes, bytearray)):
+                continue
+            data = np.frombuffer(part, np.uint8)
+            for m in group:
+                offset = int(starts[m]) - begin
+                size = max(0, min(len(data) - offset, int(lengths[m])))
+                buf[at[m] : at[m] + size] = data[offset : offset + size]
                 got[m] = size
         self.downloaded_bytes += int(got.sum())
         return got
