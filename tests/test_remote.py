@@ -254,3 +254,12 @@ def test_a_stalled_response_times_out_and_is_retried_then_named(shard_folder, tm
         del faults.stall[manifest.shards[2].path]
         assert remote.ensure(2).is_file()  # once the server answers again, the shard comes
         remote.close()
+
+
+def test_the_kornia_backend_streams_a_remote_set_too(shard_folder, tmp_path):
+    """Its decode workers read through the same source (pickled, with the cache and the client)."""
+    with http_server(shard_folder.parent) as (base, _), _loader(
+        base + "shards", tmp_path / "cache", backend="kornia"
+    ) as loader:  # fmt: skip
+        seen = _keys(loader)
+    assert len(seen) == NUM_IMAGES and set(seen.values()) == {1}

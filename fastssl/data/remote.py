@@ -48,10 +48,17 @@ def check_location(location: str, *, allow_pipe: bool) -> None:
         )
     if scheme not in (None, "pipe", "file"):
         raise DataError(
-            f"{scheme}: shard URLs are not read by fastssl; copy the shards locally, or stream them "
-            "with a pipe: URL (for example pipe:curl -s URL) and allow_pipe=True",
-            shard=location,
+            f"{scheme}: URLs of single shards are not read by fastssl; give the URL of the shard "
+            "set's folder (s3://, gs:// or https://, holding manifest.json; see README, \"Data in "
+            "object storage\"), or stream single shards with a pipe: URL and allow_pipe=True",
+            shard=_redacted(location),
         )
+
+
+def _redacted(url: str) -> str:
+    from fastssl.data.store import redact  # store imports the manifest, which imports this module
+
+    return redact(url)
 
 
 def fetch_shard(url: str, cache_dir: str | os.PathLike | None = None, *, allow_pipe: bool = False) -> Path:
