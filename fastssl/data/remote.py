@@ -50,7 +50,7 @@ def check_location(location: str, *, allow_pipe: bool) -> None:
         raise DataError(
             f"{scheme}: URLs of single shards are not read by fastssl; give the URL of the shard "
             "set's folder (s3://, gs:// or https://, holding manifest.json; see README, \"Data in "
-            "object storage\"), or stream single shards with a pipe: URL and allow_pipe=True",
+            'object storage"), or stream single shards with a pipe: URL and allow_pipe=True',
             shard=_redacted(location),
         )
 
