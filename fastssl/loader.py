@@ -134,9 +134,17 @@ class SSLLoader:
     part of to_torch).
     Kornia's host stages run in its decode workers and are not counted.
 
+    `data` may be the URL of a shard set in object storage (`s3://`, `gs://`, `https://` folders
+    holding `manifest.json`; README, "Data in object storage"): `read_order` is then `"block"` by
+    default (whole shards per node bucket: `buckets`, default the number of nodes, `block_size`
+    samples shuffled together), fetched `download_ahead` batches ahead into `cache_dir`, bounded by
+    `cache_limit` bytes; `"global"` reads each sample by a range request instead. `retries`,
+    `timeout` (seconds) and `storage_options` (fsspec's, for the client) govern the transfers.
+
     Epochs advance by themselves after each complete pass; `set_epoch(e)` chooses one explicitly
     (as with DistributedSampler). `state_dict()` after k batches and `load_state_dict()` in a new
-    loader continue the epoch at batch k, with the same samples and the same random parameters.
+    loader continue the epoch at batch k, with the same samples and the same random parameters,
+    also on another number of ranks with the same global batch (`load_state_dict`).
     """
 
     def __init__(
