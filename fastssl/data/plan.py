@@ -87,6 +87,13 @@ def locate(sizes: np.ndarray, global_ids: np.ndarray) -> tuple[np.ndarray, np.nd
     return shard.astype(np.int64), sample.astype(np.int64)
 
 
+def _concatenated_ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """`arange(starts[i], starts[i] + lengths[i])` for every i, one after the other, without a
+    Python loop over the ranges."""
+    within = np.arange(int(lengths.sum())) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+    return np.repeat(starts, lengths) + within
+
+
 def bucket_ranges(sizes: np.ndarray, seed: int, buckets: int) -> list[np.ndarray]:
     """The run's deal of samples to `buckets` canonical buckets: global sample ids of each, in the
     run's shard order (the shards permuted once per seed, fixed for every epoch), cut into
@@ -96,11 +103,8 @@ def bucket_ranges(sizes: np.ndarray, seed: int, buckets: int) -> list[np.ndarray
     rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence([_PLAN_STREAM, seed, _BUCKET_STREAM])))
     shard_order = rng.permutation(len(sizes))
     firsts = np.cumsum(sizes) - sizes
-    ordered = sizes[shard_order]
     total = int(sizes.sum())
-    # ids of every shard, shard after shard in the run's order, without a loop over shards
-    offsets_in = np.arange(total) - np.repeat(np.cumsum(ordered) - ordered, ordered)
-    run_ids = np.repeat(firsts[shard_order], ordered) + offsets_in
+    run_ids = _concatenated_ranges(firsts[shard_order], sizes[shard_order])  # shard after shard
     bounds = np.arange(buckets + 1, dtype=np.int64) * total // buckets
     return [run_ids[bounds[c] : bounds[c + 1]] for c in range(buckets)]
 
@@ -123,10 +127,7 @@ def block_order(
         starts = np.flatnonzero(np.r_[True, shard[1:] != shard[:-1]]) if len(ids) else np.zeros(0, int)
         lengths = np.diff(np.r_[starts, len(ids)])
         pieces = rng.permutation(len(starts))
-        within = np.arange(len(ids)) - np.repeat(
-            np.cumsum(lengths[pieces]) - lengths[pieces], lengths[pieces]
-        )
-        ids = ids[np.repeat(starts[pieces], lengths[pieces]) + within]
+        ids = ids[_concatenated_ranges(starts[pieces], lengths[pieces])]
         keys = np.arange(len(ids)) // block_size + rng.random(len(ids))
         out.append(ids[np.argsort(keys, kind="stable")])
     return out
@@ -207,6 +208,13 @@ class PlanState:
         differ += [f"{k}={v!r} (state has {getattr(self, k)!r})" for k, v in expected.items()
                    if getattr(self, k) != v]  # fmt: skip
         return differ
+
+
+def _wrapped(order: np.ndarray, length: int) -> tuple[np.ndarray, np.ndarray]:
+    """`order` cut, or padded by wrapping to its start, to `length` entries; and `valid` (False
+    for the padding)."""
+    stream = np.resize(order, length) if len(order) else order[:0]
+    return stream, np.arange(length) < len(order)
 
 
 def _per_rank_advice(global_batch: int, world_size: int) -> str:
@@ -319,16 +327,11 @@ class EpochPlan:
         shard, sample = locate(self.sizes, mine)
         self.entries = PlanEntries(shard=shard, sample=sample, global_id=mine, valid=valid[positions])
 
-    def _batches_in(self, total: int) -> int:
-        return total // self.global_batch if self.drop_last else -(-total // self.global_batch)
-
     def _padded(self, order: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """`order` cut to whole global batches (drop_last), or with its last global batch padded,
         by wrapping to the stream's start, to a multiple of the world size; and `valid`."""
         total, batch, world = len(order), self.global_batch, self.world_size
-        length = total // batch * batch if self.drop_last else total + (-total % world)
-        stream = np.resize(order, length) if total else order[:0]
-        return stream, np.arange(length) < total
+        return _wrapped(order, total // batch * batch if self.drop_last else total + (-total % world))
 
     def _legacy_stream(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Version 1: the order padded to a multiple of the world size, each rank's share cut into
@@ -339,8 +342,8 @@ class EpochPlan:
             length = total // world // self.batch_size * self.batch_size * world
         else:
             length = -(-total // world) * world
-        stream = np.resize(order, length) if total else order
-        return stream, np.arange(length) < total, np.arange(self.rank, length, world, dtype=np.int64)
+        stream, valid = _wrapped(order, length)
+        return stream, valid, np.arange(self.rank, length, world, dtype=np.int64)
 
     def _block_stream(self, nodes: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Block order: every global batch takes global_batch / buckets entries of each bucket (a
