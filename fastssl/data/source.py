@@ -321,16 +321,19 @@ class ByteSource:
                     key=key,
                 )
             members[ext] = self._read_member(pread, info, key, ext, *where)
-            if self._ranged:
-                expected = int(self.remote.sums(shard, index)[sample, index.exts.index(ext)])
-                if zlib.crc32(members[ext]) != expected:
-                    raise ChecksumError(
-                        f".{ext} does not match its recorded checksum (read from "
-                        f"{self.remote.shown_url(info)}; the shard changed, or the transfer broke)",
-                        shard=info.path,
-                        key=key,
-                    )
+            if self._ranged and not self._sum_matches(shard, sample, ext, members[ext]):
+                raise ChecksumError(
+                    f".{ext} does not match its recorded checksum (read from "
+                    f"{self.remote.shown_url(info)}; the shard changed, or the transfer broke)",
+                    shard=info.path,
+                    key=key,
+                )
         return SampleBytes(info.path, key, members)
+
+    def _sum_matches(self, shard: int, sample: int, ext: str, data: bytes | memoryview) -> bool:
+        """Whether `data`, member `ext` of `sample` in `shard`, has the CRC-32 recorded for it."""
+        index = self.index(shard)
+        return zlib.crc32(data) == int(self.remote.sums(shard, index)[sample, index.exts.index(ext)])
 
     @property
     def _ranged(self) -> bool:
@@ -472,9 +475,7 @@ class ByteSource:
         for m, (shard, sample, ext, start, size) in enumerate(
             zip(shards.tolist(), samples.tolist(), exts, starts.tolist(), sizes.tolist(), strict=True)
         ):
-            index = self.index(shard)
-            expected = int(self.remote.sums(shard, index)[sample, index.exts.index(ext)])
-            ok[m] = zlib.crc32(view[start : start + size]) == expected
+            ok[m] = self._sum_matches(shard, sample, ext, view[start : start + size])
         return ok
 
     @staticmethod
