@@ -32,8 +32,10 @@ class CacheFullError(DataError):
     """The cache's byte limit cannot hold what must be on disk at once."""
 
 
-def _lock_name(name: str) -> str:
-    return f".{name.replace('/', '__')}.lock"
+def _lock_name(name: str, kind: str = "lock") -> str:
+    """The lock file of `name` beside the cache's files: `.NAME.lock` for its readers' pins,
+    `.NAME.fetch.lock` for its one writer."""
+    return f".{name.replace('/', '__')}.{kind}"
 
 
 class ShardCache:
@@ -47,7 +49,6 @@ class ShardCache:
         self.limit_bytes = limit_bytes
         self._pins: dict[str, int] = {}  # name -> descriptor of its lock file, held shared
         self._guard = threading.Lock()
-        self.evicted = 0  # files this process evicted, for reports
         self._pid = os.getpid()
 
     def __getstate__(self) -> dict:
@@ -115,7 +116,7 @@ class ShardCache:
             return self.path(name)
         target = self.path(name)
         target.parent.mkdir(parents=True, exist_ok=True)
-        with _flocked(self.folder / f".{name.replace('/', '__')}.fetch.lock"):
+        with exclusive_lock(self.folder / _lock_name(name, "fetch.lock")):
             if self.pin(name):  # another process fetched it while we waited
                 return target
             tmp = target.with_name(f".{target.name}.{size}.{os.getpid()}-{threading.get_ident()}.tmp")
@@ -151,7 +152,7 @@ class ShardCache:
         """Evict unpinned files, oldest first, until `size` more bytes fit; then reserve them by
         creating the download's temporary file (its name carries the size), all under the
         cache-wide lock."""
-        with _flocked(self.folder / _LOCK):
+        with exclusive_lock(self.folder / _LOCK):
             if self.limit_bytes is not None:
                 if size > self.limit_bytes:
                     raise CacheFullError(
@@ -184,14 +185,14 @@ class ShardCache:
             except BlockingIOError:
                 return False  # someone reads it
             path.unlink(missing_ok=True)
-            self.evicted += 1
             return True
         finally:
             os.close(fd)  # closing drops the lock
 
 
 @contextlib.contextmanager
-def _flocked(path: Path) -> Iterator[None]:
+def exclusive_lock(path: Path) -> Iterator[None]:
+    """Hold an exclusive flock on `path` (created if need be) for the `with` block."""
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)

@@ -10,7 +10,6 @@ a local shard, so exact-once epochs and resumption hold for it too.
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import os
 import shutil
@@ -18,6 +17,7 @@ import tempfile
 from pathlib import Path
 
 from fastssl.data.atomic import durable_replace
+from fastssl.data.cache import exclusive_lock
 from fastssl.data.index import build_index, write_index
 from fastssl.errors import DataError, ShardError, UnsafeSourceError
 
@@ -81,8 +81,7 @@ def fetch_shard(url: str, cache_dir: str | os.PathLike | None = None, *, allow_p
     tar, idx = cache / f"{name}.tar", cache / f"{name}.idx"
     # one fetch at a time per cache entry (ranks of a node share the cache): the others wait, then
     # find the pair written; temporary names are unique, so even hosts sharing a cache never mix
-    with open(cache / f".{name}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with exclusive_lock(cache / f".{name}.lock"):
         if tar.is_file() and idx.is_file():
             return tar
         from webdataset.gopen import gopen  # imports torch: only paid by users of pipe: URLs

@@ -94,7 +94,6 @@ class RemoteShards:
         # global read order: every sample by a range request, checked against its recorded CRC-32
         self.ranges = ranges
         self._sums: dict[int, np.ndarray] = {}
-        self.downloaded_bytes = 0
         self._pool: concurrent.futures.ThreadPoolExecutor | None = None
         self._pending: dict[int, concurrent.futures.Future] = {}
         self._pid = os.getpid()
@@ -112,8 +111,9 @@ class RemoteShards:
 
     # -- the file system -----------------------------------------------------------------------
     def _fs(self) -> tuple[Any, str]:
-        """fsspec's file system for the URL and the URL's path in it; fsspec keeps one instance per
-        process and thread, so forked feeders and download threads never share a session."""
+        """fsspec's file system for the URL and the URL's path in it (the URL itself for http);
+        fsspec keeps one instance per process and thread, so forked feeders and download threads
+        never share a session."""
         import fsspec
 
         scheme = self.url.partition(":")[0].lower()
@@ -144,11 +144,6 @@ class RemoteShards:
                 f"pip install 'fastssl-engine[{extra}]' ({err})"
             ) from err
         return fs, path
-
-    def _path(self, fs: Any, base: str, relative: str) -> str:
-        if fs.protocol in ("http", "https") or "http" in fs.protocol:
-            return _join(self.url, relative)
-        return _join(base, relative)
 
     def _attempt(self, what: str, url: str, call: Any, shard: str | None = None) -> Any:
         """`call()` with bounded retries for transient failures; a `ShardError` naming `url`
@@ -192,7 +187,7 @@ class RemoteShards:
         the manifest changes), as a `Manifest` whose index paths are those local copies."""
         fs, base = self._fs()
         manifest_url = _join(self.url, MANIFEST_NAME)
-        where = self._path(fs, base, MANIFEST_NAME)
+        where = _join(base, MANIFEST_NAME)
         text = self._attempt("manifest", manifest_url, lambda: fs.cat_file(where))
         try:
             json.loads(text)  # Manifest.load says what is wrong in a JSON manifest; this, that it is none
@@ -202,9 +197,7 @@ class RemoteShards:
         folder.mkdir(parents=True, exist_ok=True)
         local = folder / MANIFEST_NAME
         if not local.is_file():
-            tmp = folder / f".{MANIFEST_NAME}.{os.getpid()}.tmp"
-            tmp.write_bytes(text)
-            os.replace(tmp, local)
+            _put(local, text)
         manifest = Manifest.load(local)
         for info in manifest.shards:
             for relative in (info.path, info.index):
@@ -225,8 +218,8 @@ class RemoteShards:
         if self.ranges:  # and the per-sample checksums each range read is checked against
             wanted += [str(PurePosixPath(info.index).with_suffix(".sums")) for info in manifest.shards]
         missing = [relative for relative in wanted if not (folder / relative).is_file()]
-        if missing:
-            paths = [self._path(fs, base, relative) for relative in missing]
+        if missing:  # all at once, concurrently; what failed is fetched again with its retries
+            paths = [_join(base, relative) for relative in missing]
             texts = self._attempt("indexes", self.url, lambda: fs.cat(paths, on_error="return"))
             for relative, path in zip(missing, paths, strict=True):
                 got = texts[path]
@@ -239,12 +232,9 @@ class RemoteShards:
                         shard=relative.removesuffix(".sums") + ".tar",
                     )
                 if isinstance(got, BaseException):
-                    self._attempt("index", _join(self.url, relative), lambda got=got: _raise(got))
-                target = folder / relative
-                target.parent.mkdir(parents=True, exist_ok=True)
-                tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-                tmp.write_bytes(got)
-                os.replace(tmp, target)
+                    fetch = lambda path=path: fs.cat_file(path)  # noqa: E731 - retried by _attempt
+                    got = self._attempt("index", _join(self.url, relative), fetch)
+                _put(folder / relative, got)
         self.manifest = manifest
         return manifest
 
@@ -266,7 +256,7 @@ class RemoteShards:
         end of the file, as `os.pread` gives."""
         info = self.manifest.shards[shard]
         fs, base = self._fs()
-        path = self._path(fs, base, info.path)
+        path = _join(base, info.path)
         end = min(offset + length, info.bytes)
         if end <= offset:
             return b""
@@ -300,7 +290,7 @@ class RemoteShards:
                 groups[-1].append(m)
             else:
                 groups.append([m])
-        paths = [self._path(fs, base, infos[int(shards[g[0]])].path) for g in groups]
+        paths = [_join(base, infos[int(shards[g[0]])].path) for g in groups]
         lo = [int(starts[g[0]]) for g in groups]
         hi = [int(max(ends[m] for m in g)) for g in groups]
         try:
@@ -316,7 +306,6 @@ class RemoteShards:
                 size = max(0, min(len(data) - offset, int(lengths[m])))
                 buf[at[m] : at[m] + size] = data[offset : offset + size]
                 got[m] = size
-        self.downloaded_bytes += int(got.sum())
         return got
 
     # -- shards --------------------------------------------------------------------------------
@@ -344,9 +333,8 @@ class RemoteShards:
         """Start downloading `shards` (the plan's next ones) in the background; shards pinned for
         an earlier prefetch that are neither in `shards` nor in `keep` (open) are let go."""
         self._after_fork()
-        wanted = set(shards) | set(keep)
-        names = {self.cache_name(self.manifest.shards[s]): s for s in wanted}
-        for name in self.cache.pinned() - set(names):
+        wanted = {self.cache_name(self.manifest.shards[s]) for s in set(shards) | set(keep)}
+        for name in self.cache.pinned() - wanted:
             self.cache.unpin(name)
         with self._lock:
             if self._pool is None:
@@ -369,7 +357,7 @@ class RemoteShards:
             fs, base = self._fs()
             digest, size = hashlib.sha256(), 0
             # the size is known: no HEAD request first (fsspec reads any failed HEAD as "not found")
-            source = fs.open(self._path(fs, base, info.path), "rb", block_size=_CHUNK, size=info.bytes)
+            source = fs.open(_join(base, info.path), "rb", block_size=_CHUNK, size=info.bytes)
             with source as remote, open(tmp, "wb") as out:
                 while chunk := remote.read(_CHUNK):
                     digest.update(chunk)
@@ -379,8 +367,6 @@ class RemoteShards:
                 raise _Corrupt(f"{size} bytes received, the manifest says {info.bytes} (truncated?)")
             if digest.hexdigest() != info.sha256:
                 raise _Corrupt("the sha256 does not match the manifest's")
-            with self._lock:
-                self.downloaded_bytes += size
 
         return self._attempt(
             "shard", url, lambda: self.cache.fetch(self.cache_name(info), info.bytes, write), shard=info.path
@@ -399,8 +385,13 @@ class _Corrupt(Exception):
     `ChecksumError`."""
 
 
-def _raise(err: BaseException) -> None:
-    raise err
+def _put(target: Path, data: bytes) -> None:
+    """`data` at `target` under a temporary name first, then renamed: readers in other processes
+    never see part of a manifest or an index."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.{os.getpid()}-{threading.get_ident()}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, target)
 
 
 def _status(err: BaseException) -> int | None:
