@@ -179,6 +179,10 @@ class SSLLoader:
         timeout: float = 60.0,
         storage_options: dict[str, Any] | None = None,
     ) -> None:
+        if read_order not in ("auto", *READ_ORDERS):
+            raise ValueError(f"read_order must be 'auto', 'global' or 'block', got {read_order!r}")
+        # remote shards are read in blocks by default: each node downloads only its buckets' shards
+        self.read_order = ("block" if is_remote(data) else "global") if read_order == "auto" else read_order
         self.remote: RemoteShards | None = None
         if is_remote(data):
             if download_ahead < 0:
@@ -186,7 +190,7 @@ class SSLLoader:
             self.remote = RemoteShards(
                 str(data), cache_dir if cache_dir is not None else default_cache_dir(),
                 cache_limit=cache_limit, retries=retries, timeout=timeout, storage_options=storage_options,
-                ranges=read_order == "global",  # a global shuffle reads samples by range requests
+                ranges=self.read_order == "global",  # a global shuffle reads samples by range requests
             )  # fmt: skip
             self.manifest = self.remote.open()
         else:
@@ -208,10 +212,6 @@ class SSLLoader:
                 f"need 0 <= rank < world_size, got rank {self.rank}, world_size {self.world_size}"
             )
         self.nodes = _nodes(self.world_size)
-        if read_order not in ("auto", *READ_ORDERS):
-            raise ValueError(f"read_order must be 'auto', 'global' or 'block', got {read_order!r}")
-        # remote shards are read in blocks by default: each node downloads only its buckets' shards
-        self.read_order = ("block" if self.remote else "global") if read_order == "auto" else read_order
         if buckets is not None and buckets < 1:
             raise ValueError(f"buckets must be at least 1, got {buckets}")
         # fixed for the run: the first run's node count unless given (a checkpoint keeps it)

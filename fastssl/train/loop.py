@@ -25,6 +25,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from fastssl.data.plan import PlanState
 from fastssl.loader import SSLLoader
 from fastssl.train.backbones import build_backbone
 from fastssl.train.checkpoint import load_checkpoint, remove_stale_temporaries, save_checkpoint
@@ -245,8 +246,7 @@ def _resumed_batch(state: dict[str, Any], world_size: int, asked: int, report: b
     """This rank's batch on resume: the checkpoint's global batch over `world_size` ranks (the
     stream continues only with the same global batch), with a clear error when it does not divide."""
     saved_world = len(state["loaders"])
-    plan = state["loaders"][0]["plan"]
-    global_batch = plan.get("global_batch", plan.get("batch_size", 0) * saved_world)
+    global_batch = PlanState.from_dict(state["loaders"][0]["plan"]).global_batch  # any version
     if global_batch % world_size:
         raise ValueError(
             f"cannot resume on {world_size} ranks: the checkpoint's global batch of {global_batch} "
