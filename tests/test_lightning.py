@@ -10,10 +10,9 @@ import torch
 
 pl = pytest.importorskip("lightning.pytorch")
 
-from fastssl.data.demo import build_demo_corpus  # noqa: E402
-from fastssl.data.writer import write_shards  # noqa: E402
 from fastssl.examples.lightning_datamodule import SSLDataModule  # noqa: E402
 from fastssl.recipes import Crop  # noqa: E402
+from tests.shardsets import demo_shard_set  # noqa: E402
 
 
 class KeyRecorder(pl.LightningModule):
@@ -35,9 +34,7 @@ class KeyRecorder(pl.LightningModule):
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("lightning")
-    build_demo_corpus(root / "corpus", num_images=48, seed=6)
-    write_shards(root / "corpus", root / "shards", shard_size=16, workers=1, progress=False)
-    return root / "shards"
+    return demo_shard_set(root, num_images=48, seed=6, shard_size=16)
 
 
 def _trainer(**kw) -> pl.Trainer:

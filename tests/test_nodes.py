@@ -18,11 +18,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fastssl.data.demo import build_demo_corpus
 from fastssl.data.manifest import Manifest
 from fastssl.data.plan import bucket_ranges
-from fastssl.data.writer import write_shards
 from tests.servers import free_port, http_server
+from tests.shardsets import demo_shard_set
 
 SMALL = ["--backbone", "small_cnn", "--width", "8", "--size", "32", "--batch-size", "4", "--quiet"]
 
@@ -30,8 +29,7 @@ SMALL = ["--backbone", "small_cnn", "--width", "8", "--size", "32", "--batch-siz
 @pytest.fixture(scope="module")
 def shard_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("nodes")
-    build_demo_corpus(root / "corpus", num_images=96, seed=8)
-    write_shards(root / "corpus", root / "shards", shard_size=8, workers=1, progress=False)
+    demo_shard_set(root, num_images=96, seed=8, shard_size=8)
     return root
 
 

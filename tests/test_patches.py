@@ -13,12 +13,12 @@ from PIL import Image
 from scipy import stats
 
 from fastssl import SSLLoader
-from fastssl.data.demo import build_demo_corpus
 from fastssl.data.writer import write_shards
 from fastssl.host.params import sample_params
 from fastssl.host.patch_params import sample_patch_params
 from fastssl.recipes import RECIPES, ContextPrediction, Jigsaw, JigsawPP, PatchGrid, PatchSpec, get_recipe
 from fastssl.recipes.patches import NEIGHBOURS
+from tests.shardsets import demo_shard_set
 
 N = 4000
 IMAGES = 6
@@ -54,9 +54,7 @@ def painted_shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def photo_shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("photos")
-    build_demo_corpus(root / "corpus", num_images=24, seed=5)
-    write_shards(root / "corpus", root / "shards", shard_size=12, workers=1, progress=False)
-    return root / "shards"
+    return demo_shard_set(root, num_images=24, seed=5, shard_size=12)
 
 
 def image_of(key: str) -> int:

@@ -16,10 +16,9 @@ import pytest
 import torch
 
 from fastssl.cli import main
-from fastssl.data.demo import build_demo_corpus
-from fastssl.data.writer import write_shards
 from fastssl.train import METHODS, PretrainConfig, pretrain
 from fastssl.train.checkpoint import load_checkpoint
+from tests.shardsets import demo_shard_set
 
 SMALL = ["--backbone", "small_cnn", "--width", "8", "--size", "32", "--batch-size", "16", "--quiet"]
 
@@ -27,9 +26,7 @@ SMALL = ["--backbone", "small_cnn", "--width", "8", "--size", "32", "--batch-siz
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("pretrain")
-    build_demo_corpus(root / "corpus", num_images=96, seed=2)
-    write_shards(root / "corpus", root / "shards", shard_size=32, workers=1, progress=False)
-    return root / "shards"
+    return demo_shard_set(root, num_images=96, seed=2, shard_size=32)
 
 
 def _env() -> dict[str, str]:

@@ -13,13 +13,12 @@ import pytest
 
 from fastssl import SSLLoader
 from fastssl.data.cache import CacheFullError, ShardCache
-from fastssl.data.demo import build_demo_corpus
 from fastssl.data.manifest import Manifest
 from fastssl.data.store import RemoteShards, redact
-from fastssl.data.writer import write_shards
 from fastssl.errors import ChecksumError, ShardError
 from fastssl.recipes import Crop
 from tests.servers import gcs_server, http_server, s3_server, upload_folder
+from tests.shardsets import demo_shard_set
 
 NUM_IMAGES = 48
 
@@ -27,9 +26,7 @@ NUM_IMAGES = 48
 @pytest.fixture(scope="module")
 def shard_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("remote")
-    build_demo_corpus(root / "corpus", num_images=NUM_IMAGES, seed=5)
-    write_shards(root / "corpus", root / "shards", shard_size=8, workers=1, progress=False)
-    return root / "shards"
+    return demo_shard_set(root, num_images=NUM_IMAGES, seed=5, shard_size=8)
 
 
 def _keys(loader: SSLLoader) -> Counter:

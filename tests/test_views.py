@@ -15,12 +15,11 @@ from fastssl.pipelines.reference import view_reference
 from PIL import Image
 
 from fastssl import SSLLoader
-from fastssl.data.demo import build_demo_corpus
 from fastssl.data.manifest import Manifest
 from fastssl.data.source import ByteSource
-from fastssl.data.writer import write_shards
 from fastssl.errors import DataError
 from fastssl.recipes import BYOL, Crop, MoCoV2, MultiCrop, Rotation, SimCLR
+from tests.shardsets import demo_shard_set
 
 RECIPES = [
     SimCLR(size=64),
@@ -36,9 +35,7 @@ NUM_IMAGES = 48
 @pytest.fixture(scope="session")
 def demo_shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("views")
-    build_demo_corpus(root / "corpus", num_images=NUM_IMAGES, seed=3)
-    write_shards(root / "corpus", root / "shards", shard_size=16, workers=1, progress=False)
-    return root / "shards"
+    return demo_shard_set(root, num_images=NUM_IMAGES, seed=3, shard_size=16)
 
 
 def _loader(shards, recipe, backend, **kw) -> SSLLoader:
