@@ -276,7 +276,7 @@ class ByteSource:
     def prefetch(self, shards: Iterable[int]) -> None:
         """Remote shard sets: start fetching `shards` (the current batch's and the plan's next),
         and close and unpin every other, so that the cache may evict what this reader is done with."""
-        if self.remote is None or self._ranged:  # range reads keep nothing on disk
+        if not self.downloads_shards:
             return
         wanted = {int(s) for s in shards}
         self._forget_inherited_fds()
@@ -334,6 +334,12 @@ class ByteSource:
         """Whether `data`, member `ext` of `sample` in `shard`, has the CRC-32 recorded for it."""
         index = self.index(shard)
         return zlib.crc32(data) == int(self.remote.sums(shard, index)[sample, index.exts.index(ext)])
+
+    @property
+    def downloads_shards(self) -> bool:
+        """Whether shards are fetched whole before they are read (a remote set in block order);
+        range reads keep nothing on disk."""
+        return self.remote is not None and not self.remote.ranges
 
     @property
     def _ranged(self) -> bool:

@@ -118,7 +118,7 @@ class BatchReader:
                 clock = now
 
         entries = self.plan.batch(number)
-        if self.source.remote is not None:  # the plan says what comes next: fetch it now
+        if self.source.downloads_shards:  # the plan says what comes next: fetch it now
             size = self.plan.batch_size
             upcoming = self.plan.shard[number * size : (number + 1 + self.ahead) * size]
             self.source.prefetch(np.unique(upcoming).tolist())
