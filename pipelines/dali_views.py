@@ -37,6 +37,7 @@ from PIL import Image
 from fastssl.data.plan import EpochPlan, PlanState
 from fastssl.data.source import ByteSource
 from fastssl.errors import DataError, DecodeError, WorkerError
+from fastssl.host.ahead import RunAhead
 from fastssl.host.feeder import Feeders
 from fastssl.host.reader import PLACEHOLDER, BatchReader, HostBatch
 from fastssl.host.slots import Slot
@@ -425,7 +426,10 @@ class DaliBackend:
         self._fed_seconds = 0.0  # spent in the callback since the last pipe.run() began
         # on the CPU the graph only decodes; the views are one fused pass on the host
         self._inputs = graph_inputs(recipe, device)
-        self._finish = HostFinish(recipe, param_layout(recipe)[0], num_threads) if device == "cpu" else None
+        self._finish = None
+        if device == "cpu":  # tensors for the batches ahead, the consumer's and the one in the making
+            self._finish = HostFinish(recipe, param_layout(recipe)[0], num_threads, keep=prefetch + 2)
+        self._ahead: RunAhead | None = None  # the CPU path's graph and view pass, ahead of the consumer
 
     def _source(self) -> tuple[np.ndarray, ...]:
         start = perf_counter()
@@ -501,8 +505,34 @@ class DaliBackend:
     def run(
         self, reader: BatchReader, numbers: Sequence[int]
     ) -> Iterator[tuple[HostBatch, list[torch.Tensor]]]:
+        """(host batch, views) for batch `numbers` of the reader's plan, in order.
+
+        The graph is built and the feeders started here, on the caller's thread (feeders are forked
+        from it). On a GPU the caller's thread then runs the graph (its outputs are device buffers,
+        copied out on the caller's stream); on the CPU a thread does (`RunAhead`), with the view
+        pass, up to `prefetch` batches ahead, so the consumer's step overlaps them."""
+        self._stop_ahead()  # an abandoned run's thread may still be inside the graph
         remaining = list(numbers)
         self._start(reader, remaining)
+        batches = self._batches(reader, remaining)
+        if self._finish is None:
+            yield from batches
+            return
+        ahead = self._ahead = RunAhead(batches, depth=self.options["prefetch"], name="fastssl-cpu-views")
+        try:
+            yield from ahead
+        finally:
+            ahead.close()
+
+    def _stop_ahead(self) -> None:
+        if self._ahead is not None:
+            self._ahead.close()
+            self._ahead = None
+
+    def _batches(
+        self, reader: BatchReader, remaining: list[int]
+    ) -> Iterator[tuple[HostBatch, list[torch.Tensor]]]:
+        """The graph's runs over `remaining` (started by `_start`), recovering from decoder failures."""
         timings = self.timings
         while True:
             self._fed_seconds = 0.0
@@ -583,7 +613,9 @@ class DaliBackend:
 
         Now, not when the garbage collector reaches it: DALI's pipeline sits in reference cycles,
         and a process forked before the collector ran (a decode worker, a feeder) would run its
-        destructor there, waiting on threads that exist only in the parent."""
+        destructor there, waiting on threads that exist only in the parent. A run still going
+        ahead of an abandoned iteration is stopped first: its thread may be inside the graph."""
+        self._stop_ahead()
         self._stop_feeders()
         self._close_pipe()
         if self._finish is not None:

@@ -73,9 +73,10 @@ class HostFinish:
     the recipe's output tensors (float32 normalised CHW, or uint8 CHW), reading each sample's
     parameters from the batch's (B, K) parameter array at the columns of `layout`
     (`fastssl.pipelines.dali_views.param_layout`). With a ROI decode (`roi_decode`) the images are
-    the crop boxes and the ROI columns are relative to them, as on the GPU graph."""
+    the crop boxes and the ROI columns are relative to them, as on the GPU graph. One thread calls
+    it at a time (the backend's run-ahead thread); `threads` split each batch."""
 
-    def __init__(self, recipe: Recipe, layout: list[dict[str, slice]], threads: int) -> None:
+    def __init__(self, recipe: Recipe, layout: list[dict[str, slice]], threads: int, keep: int = 4) -> None:
         self.specs = recipe.graph_views()
         self.columns = [
             np.array([columns[name].start if name in columns else -1 for name in _COLUMNS], np.int64)
@@ -94,7 +95,7 @@ class HostFinish:
             ThreadPoolExecutor(self.threads, thread_name_prefix="fastssl-views") if self.threads > 1 else None
         )
         self._scratch = threading.local()  # each thread's view and float buffers, reused
-        self._pool_out = TensorPool(keep=4)
+        self._pool_out = TensorPool(keep)  # `keep` batches' tensors: those in flight ahead of the consumer
 
     def __call__(self, images: Sequence[np.ndarray], params: np.ndarray) -> list[torch.Tensor]:
         """One output tensor per view for the batch's decoded `images` and parameters."""
