@@ -20,7 +20,7 @@ from fastssl.data.images import DEFAULT_MAX_PIXELS
 from fastssl.data.index import read_index
 from fastssl.data.manifest import Manifest, ShardInfo
 from fastssl.data.plan import DEFAULT_BLOCK_SIZE, READ_ORDERS, EpochPlan, PlanState
-from fastssl.data.remote import default_cache_dir, fetch_shard, url_scheme
+from fastssl.data.remote import PipeShards, default_cache_dir, local_shard, url_scheme
 from fastssl.data.source import ByteSource
 from fastssl.data.store import RemoteShards, is_remote
 from fastssl.host.reader import BatchReader, HostBatch, OnError
@@ -33,15 +33,16 @@ def resolve_data(
     data: str | os.PathLike | Manifest | Sequence[str | os.PathLike],
     *,
     allow_pipe: bool = False,
-    cache_dir: str | os.PathLike | None = None,
+    pipes: PipeShards | None = None,
 ) -> Manifest:
     """A manifest from a shard folder, a manifest file, a Manifest, or a list of indexed shard paths.
 
     A list of `.tar` paths needs each shard's DALI index beside it (`x.tar` -> `x.idx`; write
     missing ones with `fastssl index`); the resulting manifest has no checksums and no classes.
     The list may hold `pipe:` URLs when `allow_pipe` is True (refused otherwise, with
-    `UnsafeSourceError`): each command's output is copied once into `cache_dir` and indexed there
-    (`fastssl.data.remote`).
+    `UnsafeSourceError`): each command's output is copied once into the bounded shard cache of
+    `pipes` (the default cache folder, unbounded, when None), indexed there and kept pinned
+    until `pipes` is closed (`fastssl.data.remote.PipeShards`).
     """
     if isinstance(data, Manifest):
         return data
@@ -49,19 +50,24 @@ def resolve_data(
         data = [data]
     if isinstance(data, (str, os.PathLike)):
         return Manifest.load(data)
-    paths = [
-        fetch_shard(p, cache_dir, allow_pipe=allow_pipe) if isinstance(p, str) else Path(p) for p in data
-    ]
-    paths = [p.resolve() for p in paths]
-    if not paths:
+    located = [local_shard(str(p), pipes, allow_pipe=allow_pipe) for p in data]
+    if not located:
         raise ValueError("no shard paths given")
     shards = []
-    for path in paths:
-        index = path.with_suffix(".idx")
+    for path, index in ((path.resolve(), index.resolve()) for path, index in located):
         if not index.is_file():
             raise FileNotFoundError(f"{path}: no index at {index}; create it with `fastssl index {path}`")
         shards.append(ShardInfo(str(path), str(index), len(read_index(index, shard=str(path))), 0, ""))
     return Manifest(shards=tuple(shards), classes=None, root=Path("/"))
+
+
+def _has_pipe_urls(data: object) -> bool:
+    """Whether `data` is a list of shard locations holding a `pipe:` URL (or is one)."""
+    if isinstance(data, str):
+        return url_scheme(data) == "pipe"
+    if isinstance(data, (os.PathLike, Manifest)):
+        return False
+    return any(isinstance(p, str) and url_scheme(p) == "pipe" for p in data)
 
 
 def _distributed(rank: int | None, world_size: int | None) -> tuple[int, int]:
@@ -115,7 +121,9 @@ class SSLLoader:
     `max_pixels` pixels, a truncated JPEG, a non-JPEG or CMYK `.jpg` are refused on every backend.
     `verify_checksums` checks the sha256 of each shard an epoch reads, once per loader, before
     decode workers start (a manifest with checksums is needed); `allow_pipe` lets `data` hold
-    `pipe:` URLs (shell commands, refused by default), copied once into `cache_dir`. A dead decode
+    `pipe:` URLs (shell commands, refused by default), copied once into the shard cache under
+    `cache_dir` (bounded by `cache_limit` bytes, shared with remote sets; the loader keeps its pipe
+    shards there, safe from eviction, until it is closed). A dead decode
     worker raises `fastssl.errors.WorkerError`.
 
     With DALI, the host side of each batch (read, header checks, labels, parameter draws, packing)
@@ -126,12 +134,13 @@ class SSLLoader:
 
     `profile=True` sums the seconds of each stage in `loader.timings`: on the DALI backend read,
     checks, labels, params and pack as the feeders spent them (CPU seconds in other processes),
-    then what this thread spent: feed (waiting for and taking a ready batch), decode + views (the
-    rest of `pipe.run()`; on the CPU the graph only decodes), to_torch (on a GPU the copy out of
-    DALI's buffers; on the CPU the fused view pass, which writes the views into torch tensors),
+    then what the thread running the graph spent (the consumer's on a GPU; on the CPU a thread of
+    its own, up to `prefetch` batches ahead of the consumer): feed (waiting for and taking a ready
+    batch), decode + views (the rest of `pipe.run()`; on the CPU the graph only decodes), to_torch
+    (on a GPU the copy out of DALI's buffers; on the CPU the fused view pass, which writes the
+    views into torch tensors) and `to_torch cpu` (that thread's CPU seconds in to_torch); then
     `next(loader)`, everything the consumer waited for, and `next(loader) cpu`, the part of it
-    this thread spent computing rather than waiting (DALI also gives `to_torch cpu`, this thread's
-    part of to_torch).
+    the consumer's thread spent computing rather than waiting.
     Kornia's host stages run in its decode workers and are not counted.
 
     `data` may be the URL of a shard set in object storage (`s3://`, `gs://`, `https://` folders
@@ -184,6 +193,9 @@ class SSLLoader:
         # remote shards are read in blocks by default: each node downloads only its buckets' shards
         self.read_order = ("block" if is_remote(data) else "global") if read_order == "auto" else read_order
         self.remote: RemoteShards | None = None
+        self._pipes: PipeShards | None = None
+        self._backend: Any = None
+        self._source: ByteSource | None = None
         if is_remote(data):
             if download_ahead < 0:
                 raise ValueError(f"download_ahead must be 0 or more, got {download_ahead}")
@@ -194,7 +206,13 @@ class SSLLoader:
             )  # fmt: skip
             self.manifest = self.remote.open()
         else:
-            self.manifest = resolve_data(data, allow_pipe=allow_pipe, cache_dir=cache_dir)
+            # pipe: shards go into the same bounded cache as remote ones, pinned while this loader lives
+            self._pipes = PipeShards(cache_dir, cache_limit) if _has_pipe_urls(data) else None
+            try:
+                self.manifest = resolve_data(data, allow_pipe=allow_pipe, pipes=self._pipes)
+            except BaseException:
+                self.close()
+                raise
         self.download_ahead = download_ahead
         self.recipe = get_recipe(recipe)
         if batch_size < 1:
@@ -231,7 +249,6 @@ class SSLLoader:
         self.skipped: list[dict[str, Any]] = []
         self._batches_done = 0  # of the current epoch, as consumed by the caller
         self._resume: PlanState | None = None
-        self._backend: Any = None
         self._patches: Any = None  # the patch stage of patch-grid recipes, built with the backend
         self._plan_cache: EpochPlan | None = None
         # seconds per stage, summed over batches (`profile=True`; `fastssl bench --profile`)
@@ -461,7 +478,10 @@ class SSLLoader:
         if self._backend is not None:
             self._backend.close()
             self._backend = None
-        self._source.close()
+        if self._source is not None:
+            self._source.close()
+        if self._pipes is not None:
+            self._pipes.close()
 
     def __enter__(self) -> SSLLoader:
         return self

@@ -148,7 +148,13 @@ class ShardCache:
         """Bytes of the cache's files and of the downloads under way."""
         return sum(size for _, _, size, _, _ in self._entries())
 
-    def _make_room(self, size: int, reservation: Path) -> None:
+    def trim(self) -> None:
+        """Evict unpinned files, oldest first, until the cache is within its limit again (after a
+        file whose size was not known before it was written); `CacheFullError` when the files in
+        use alone exceed it."""
+        self._make_room(0, None)
+
+    def _make_room(self, size: int, reservation: Path | None) -> None:
         """Evict unpinned files, oldest first, until `size` more bytes fit; then reserve them by
         creating the download's temporary file (its name carries the size), all under the
         cache-wide lock."""
@@ -169,12 +175,14 @@ class ShardCache:
                     if self._evict(name, path):
                         used -= bytes_
                 if used + size > self.limit_bytes:
+                    more = f"{size} more bytes: " if size else "what is in use: "
                     raise CacheFullError(
                         f"the cache limit of {self.limit_bytes} bytes ({self.folder}) cannot hold "
-                        f"{size} more bytes: {used} are in files in use or being written; raise the "
-                        "limit or lower the prefetch depth"
+                        f"{more}{used} bytes are in files in use or being written; raise the limit "
+                        "or lower the prefetch depth"
                     )
-            reservation.touch()
+            if reservation is not None:
+                reservation.touch()
 
     def _evict(self, name: str, path: Path) -> bool:
         """Unlink `name` if no process has it pinned (its lock file free for an exclusive lock)."""

@@ -1,5 +1,6 @@
 """Shard locations that are not plain local paths: `pipe:` commands (WebDataset's URL form), run only
-when the user allows it, and copied once into a local cache where they are indexed like any shard.
+when the user allows it, and copied once into the node's bounded shard cache where they are indexed
+like any shard.
 
 A `pipe:` URL runs a shell command, so a list of shard URLs from someone else is code from someone
 else: it is refused unless `allow_pipe=True`. Once allowed, the command's output is streamed
@@ -17,7 +18,7 @@ import tempfile
 from pathlib import Path
 
 from fastssl.data.atomic import durable_replace
-from fastssl.data.cache import exclusive_lock
+from fastssl.data.cache import CacheFullError, ShardCache
 from fastssl.data.index import build_index, write_index
 from fastssl.errors import DataError, ShardError, UnsafeSourceError
 
@@ -61,49 +62,79 @@ def _redacted(url: str) -> str:
     return redact(url)
 
 
-def fetch_shard(url: str, cache_dir: str | os.PathLike | None = None, *, allow_pipe: bool = False) -> Path:
-    """A local, indexed copy of shard `url` (a `pipe:` command, a `file:` URL), made on first use.
+class PipeShards:
+    """The outputs of `pipe:` commands in the node's bounded shard cache (`ShardCache` under
+    `cache_dir/shards`, shared with remote shard sets, limited to `cache_limit` bytes), their
+    indexes beside the cache's metadata (`cache_dir/meta/pipe`, small, never evicted).
 
-    The copy is `cache_dir/<sha256 of the URL>.tar` with its `.idx` beside it; both are written
-    under temporary names and renamed, one process at a time (a lock file beside them), so ranks
-    sharing a cache run the command once and never see a partial file.
-    Raises `UnsafeSourceError` for a pipe URL without `allow_pipe`, `ShardError` when the command
-    fails (naming its exit status) or its output is not a readable tar.
+    A shard this object fetched stays pinned (no process evicts it) until `close()`: the loader
+    reads its shards in the global order, so every one of them is needed all epoch. A limit that
+    cannot hold them all raises `CacheFullError` when they are fetched, before the first batch;
+    shards of earlier runs and other sets that nobody reads are evicted, least recently used
+    first, to make room.
     """
-    check_location(url, allow_pipe=allow_pipe)
-    scheme = url_scheme(url)
-    if scheme != "pipe":
-        return Path(url.partition(":")[2] if scheme == "file" else url)
-    cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    cache.mkdir(parents=True, exist_ok=True)
-    command = url.partition(":")[2]
-    name = hashlib.sha256(f"pipe:{command}".encode()).hexdigest()[:32]
-    tar, idx = cache / f"{name}.tar", cache / f"{name}.idx"
-    # one fetch at a time per cache entry (ranks of a node share the cache): the others wait, then
-    # find the pair written; temporary names are unique, so even hosts sharing a cache never mix
-    with exclusive_lock(cache / f".{name}.lock"):
-        if tar.is_file() and idx.is_file():
-            return tar
-        from webdataset.gopen import gopen  # imports torch: only paid by users of pipe: URLs
 
-        tmp_tar = Path(tempfile.mkstemp(prefix=f".{name}.", suffix=".tar.tmp", dir=cache)[1])
-        tmp_idx = tmp_tar.with_suffix(".idx.tmp")
-        try:
+    def __init__(self, cache_dir: str | os.PathLike | None = None, cache_limit: int | None = None) -> None:
+        root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+        self.cache = ShardCache(root / "shards", cache_limit)
+        self.meta = root / "meta" / "pipe"
+
+    def fetch(self, url: str) -> tuple[Path, Path]:
+        """(shard, index) of pipe URL `url` on local disk, the shard pinned: found in the cache,
+        or the command run now (once per node: other processes wait for it and find the result).
+        Raises `ShardError` when the command fails (naming its exit status) or its output is not
+        a readable tar."""
+        command = url.partition(":")[2]
+        name = hashlib.sha256(f"pipe:{command}".encode()).hexdigest()[:32]
+        index_path = self.meta / f"{name}.idx"
+
+        def write(tmp: Path) -> None:  # the cache renames tmp into place once this returns
+            from webdataset.gopen import gopen  # imports torch: only paid by users of pipe: URLs
+
             try:
-                with gopen(f"pipe:{command}", "rb") as stream, open(tmp_tar, "wb") as out:
+                with gopen(f"pipe:{command}", "rb") as stream, open(tmp, "wb") as out:
                     shutil.copyfileobj(stream, out, 1 << 20)
             except (OSError, ValueError) as err:
                 raise ShardError(f"the pipe command failed: {err}", shard=url) from err
-            try:
-                index = build_index(tmp_tar)
-            except DataError as err:  # named after the URL, not the temporary file
-                raise type(err)(
-                    f"in the pipe command's output: {err.reason}", shard=url, key=err.key
-                ) from err
-            write_index(index, tmp_idx)
-            durable_replace(tmp_idx, idx)  # index first: a tar under its final name has its index
-            durable_replace(tmp_tar, tar)
+            self._write_index(url, tmp, index_path)  # before the shard: a shard in place has its index
+
+        # the command's output size is unknown until it ran: nothing is reserved for it, and the
+        # cache is brought back within its limit once it is in (evicting files nobody reads)
+        try:
+            shard = self.cache.fetch(f"pipe-{name}.tar", 0, write)
+            self.cache.trim()
+        except CacheFullError as err:
+            raise CacheFullError(
+                f"{err.reason}; a loader keeps all its pipe: shards on disk for the epoch", shard=url
+            ) from err
+        if not index_path.is_file():  # the metadata was removed, the shard kept: index it again
+            self._write_index(url, shard, index_path)
+        return shard, index_path
+
+    def _write_index(self, url: str, shard: Path, target: Path) -> None:
+        try:
+            index = build_index(shard)
+        except DataError as err:  # named after the URL, not the cache's file
+            raise type(err)(f"in the pipe command's output: {err.reason}", shard=url, key=err.key) from err
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)[1])
+        try:
+            write_index(index, tmp)
+            durable_replace(tmp, target)
         finally:
-            tmp_tar.unlink(missing_ok=True)
-            tmp_idx.unlink(missing_ok=True)
-    return tar
+            tmp.unlink(missing_ok=True)
+
+    def close(self) -> None:
+        """Let the shards this object fetched be evicted again."""
+        self.cache.close()
+
+
+def local_shard(url: str, pipes: PipeShards | None = None, *, allow_pipe: bool = False) -> tuple[Path, Path]:
+    """(shard, index) on local disk for a local path, a `file:` URL or (with `allow_pipe` and a
+    `PipeShards`) a `pipe:` command. Raises `UnsafeSourceError` for a pipe URL without `allow_pipe`."""
+    check_location(url, allow_pipe=allow_pipe)
+    scheme = url_scheme(url)
+    if scheme == "pipe":
+        return (pipes if pipes is not None else PipeShards()).fetch(url)
+    path = Path(url.partition(":")[2] if scheme == "file" else url)
+    return path, path.with_suffix(".idx")

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from fastssl.data.cache import CacheFullError
 from fastssl.data.faults import forge_jpeg_size, plant_fault, small_jpeg, write_raw_shards
 from fastssl.data.index import build_index, read_index
 from fastssl.data.manifest import Manifest
@@ -173,7 +174,35 @@ def test_an_allowed_pipe_url_is_copied_once_indexed_and_read_exactly(tmp_path) -
             keys = sorted(k for b in loader for k in b["key"])
     assert keys == sorted(read_index(planted.root / "shard-000000.idx").keys)
     assert counter.read_text().count("run") == 1  # cached after the first use
-    assert not list(cache.glob(".*.tmp"))
+    assert not list(cache.rglob(".*.tmp"))
+    assert len(list((cache / "shards").glob("pipe-*.tar"))) == 1  # in the shard cache remote sets use
+
+
+def test_pipe_shards_share_the_bounded_cache_and_stay_while_a_loader_reads_them(tmp_path) -> None:
+    planted = plant_fault(tmp_path / "set", "bad_label")  # shard 1 has the bad label
+    shards = sorted(planted.root.glob("shard-*.tar"))
+    size = max(p.stat().st_size for p in shards)
+    cache = tmp_path / "cache"
+    url = [f"pipe:cat {shard}" for shard in shards]
+
+    def loader(urls: list[str], limit: int) -> SSLLoader:
+        return SSLLoader(urls, RECIPE, 2, backend="kornia", device="cpu", num_threads=1, allow_pipe=True,
+                         cache_dir=cache, cache_limit=limit, on_error="skip")  # fmt: skip
+
+    def keys(shard: Path) -> set[str]:
+        return set(read_index(shard.with_suffix(".idx")).keys)
+
+    with loader([url[0]], 2 * size + size // 2) as held:
+        with loader([url[2]], 2 * size + size // 2) as beside:  # fits beside held's pinned shard
+            assert {k for b in beside for k in b["key"]} == keys(shards[2])
+        with pytest.raises(CacheFullError, match="pipe: shards") as info:
+            loader([url[1]], size + size // 2)  # held's shard cannot be evicted to make room
+        assert info.value.shard == url[1]
+        assert {k for b in held for k in b["key"]} == keys(shards[0])
+    # nobody reads them now: a loader under the same small limit evicts the others
+    with loader([url[1]], size + size // 2) as later:
+        assert {k for b in later for k in b["key"]} == keys(shards[1])
+    assert len(list((cache / "shards").glob("pipe-*.tar"))) == 1
 
 
 def test_a_failing_pipe_command_names_its_url_and_exit_status(tmp_path) -> None:
@@ -181,7 +210,8 @@ def test_a_failing_pipe_command_names_its_url_and_exit_status(tmp_path) -> None:
     with pytest.raises(ShardError, match="exit 3") as info:
         SSLLoader([url], RECIPE, 4, backend="kornia", allow_pipe=True, cache_dir=tmp_path)
     assert info.value.shard == url
-    assert all(p.name.endswith(".lock") for p in tmp_path.iterdir())  # no tar, index or temporary
+    left = [p for p in tmp_path.rglob("*") if p.is_file()]
+    assert all(p.name.endswith(".lock") for p in left), left  # no tar, index or temporary
     with pytest.raises(UnsafeSourceError):  # the scheme is matched in any case
         SSLLoader(["PIPE:cat x.tar"], RECIPE, 4, backend="kornia")
 
