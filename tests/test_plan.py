@@ -387,6 +387,27 @@ def test_block_order_reads_each_nodes_buckets_only_and_mixes_within_blocks():
     assert not np.array_equal(later.global_id, plans[0].global_id)
 
 
+def test_global_order_is_the_same_stream_on_any_number_of_nodes():
+    """Nodes matter to block order only: in global order (range reads of remote samples, or local
+    shards) two nodes of two ranks read what one node of four reads, each sample once, and a
+    checkpoint taken on two nodes resumes on one node of two ranks with the same global batches."""
+    sizes = [37, 50, 21, 44]
+    common = dict(epoch=3, seed=2, batch_size=8, world_size=4)
+    two = [EpochPlan(sizes, rank=r, nodes=2, **common) for r in range(4)]
+    one = [EpochPlan(sizes, rank=r, nodes=1, **common) for r in range(4)]
+    for a, b in zip(two, one, strict=True):
+        assert np.array_equal(a.global_id, b.global_id) and np.array_equal(a.valid, b.valid)
+    covered = Counter(g for p in two for g in p.global_id[p.valid].tolist())
+    assert sorted(covered) == list(range(sum(sizes))) and set(covered.values()) == {1}
+    state = PlanState.from_dict(json.loads(json.dumps(two[1].state(2).to_dict())))
+    assert state.nodes == 2
+    resumed = [EpochPlan.from_state(sizes, state, world_size=2, rank=r, nodes=1) for r in range(2)]
+    for k in range(2, two[0].num_batches):
+        before = sorted(int(g) for p in two for g in p.batch(k).global_id[p.batch(k).valid])
+        after = sorted(int(g) for p in resumed for g in p.batch(k).global_id[p.batch(k).valid])
+        assert after == before
+
+
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
