@@ -160,8 +160,9 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
         "--profile",
         action="store_true",
         help="also print fastssl's stages in microseconds per sample: read, checks, labels, parameters, "
-        "packing (in the feeder processes, with DALI), then on the training thread feed (waiting for a "
-        "ready batch), decode + views, the copy into torch, and all its time in next(loader)",
+        "packing (in the feeder processes, with DALI), then on the thread running the graph (the training "
+        "thread on a GPU, a run-ahead thread on the CPU) feed (waiting for a ready batch), decode + views, "
+        "the views into torch, and the consumer's time in next(loader)",
     )
     p.add_argument("--json", type=Path, default=None, help="write the results here")
     p.add_argument("--plot", type=Path, default=None, help="write a PNG bar chart here")
