@@ -20,7 +20,7 @@ from typing import Generic, TypeVar
 Item = TypeVar("Item")
 
 _ITEM, _END, _ERROR = 0, 1, 2
-_POLL = 0.05  # seconds between checks for a stop while the queue is full or empty
+_POLL = 0.05  # seconds between checks for a stop while the queue is full
 
 
 class RunAhead(Generic[Item]):
@@ -72,14 +72,8 @@ class RunAhead(Generic[Item]):
     def __next__(self) -> Item:
         if self._done:
             raise StopIteration
-        while True:
-            try:
-                kind, value = self._queue.get(timeout=_POLL)
-                break
-            except queue.Empty:
-                if not self._thread.is_alive() and self._queue.empty():
-                    self._done = True  # stopped by close(), or it died without a word
-                    raise StopIteration from None
+        # the thread always ends with a message: the end, an error, or close()'s own end
+        kind, value = self._queue.get()
         if kind == _ITEM:
             return value  # type: ignore[return-value]
         self._done = True
@@ -94,6 +88,7 @@ class RunAhead(Generic[Item]):
         self._thread.join()
         while not self._queue.empty():  # what it made and nobody will take: let it go now
             self._queue.get_nowait()
+        self._queue.put_nowait((_END, None))  # a consumer waiting in another thread wakes and stops
 
     def __enter__(self) -> RunAhead[Item]:
         return self
