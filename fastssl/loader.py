@@ -250,7 +250,8 @@ class SSLLoader:
         self._batches_done = 0  # of the current epoch, as consumed by the caller
         self._resume: PlanState | None = None
         self._patches: Any = None  # the patch stage of patch-grid recipes, built with the backend
-        self._plan_cache: EpochPlan | None = None
+        self._plans: dict[int, EpochPlan] = {}  # by epoch: the current one and the next
+        self._next_reader: BatchReader | None = None  # the next epoch's, handed to the backend ahead
         # seconds per stage, summed over batches (`profile=True`; `fastssl bench --profile`)
         self.timings: dict[str, float] | None = {} if profile else None
         if verify_checksums and self.remote is None and any(not s.sha256 for s in self.manifest.shards):
@@ -312,8 +313,8 @@ class SSLLoader:
     def plan(self, epoch: int | None = None) -> EpochPlan:
         """This rank's epoch plan (the current epoch by default)."""
         epoch = self.epoch if epoch is None else epoch
-        cached = self._plan_cache
-        if cached is None or cached.epoch != epoch:
+        cached = self._plans.get(epoch)
+        if cached is None:
             cached = EpochPlan(
                 self.manifest,
                 epoch=epoch,
@@ -328,7 +329,9 @@ class SSLLoader:
                 block_size=self.block_size,
                 nodes=self.nodes,
             )
-            self._plan_cache = cached
+            # this epoch's and the next one's (built ahead when the backend runs ahead)
+            self._plans = {e: p for e, p in self._plans.items() if e in (epoch - 1, epoch + 1)}
+            self._plans[epoch] = cached
         return cached
 
     def __len__(self) -> int:
@@ -376,9 +379,10 @@ class SSLLoader:
         if differ:
             raise ValueError("loader state does not match this loader: " + ", ".join(differ))
         # refuses a state saved for other shards; the plan it rebuilds is the one the loader reads
-        self._plan_cache = EpochPlan.from_state(
+        resumed = EpochPlan.from_state(
             self.manifest, plan_state, world_size=self.world_size, rank=self.rank, nodes=self.nodes
         )
+        self._plans, self._next_reader = {resumed.epoch: resumed}, None
         self.epoch = plan_state.epoch
         self._batches_done = plan_state.batches_done
         self._resume = plan_state
@@ -388,16 +392,11 @@ class SSLLoader:
         plan = self.plan()
         start = self._batches_done if self._resume is not None else 0
         self._resume, self._batches_done = None, start
-        reader = BatchReader(
-            self.manifest,
-            plan,
-            self.recipe,
-            on_error=self.on_error,
-            max_pixels=self.max_pixels,
-            source=self._source,
-            timings=self.timings,
-            ahead=self.download_ahead,
-        )
+        prepared, self._next_reader = self._next_reader, None
+        # the reader the backend was told would come next, if this is that run: its batches are
+        # being made already
+        ready = prepared is not None and prepared.plan is plan and start == 0
+        reader = prepared if ready else self._reader(plan)
         if self.remote is not None and not self.remote.ranges:
             self._check_cache_holds(plan, start)
         if self._backend is None:
@@ -409,9 +408,17 @@ class SSLLoader:
         if self.verify_checksums:  # here, so that forked decode workers inherit the verdicts
             self._source.verify(np.unique(plan.shard))
         numbers = range(start, len(plan))
+        if getattr(self._backend, "runs_ahead", False):  # it starts the next epoch ahead of us
+            following = self.plan(plan.epoch + 1)
+            if self.verify_checksums:
+                self._source.verify(np.unique(following.shard))
+            self._next_reader = self._reader(following)
+            run = self._backend.run(reader, numbers, following=(self._next_reader, range(len(following))))
+        else:
+            run = self._backend.run(reader, numbers)
         timings = self.timings
         clock, thread_clock = time.perf_counter(), time.thread_time()
-        for host, views in self._backend.run(reader, numbers):
+        for host, views in run:
             self.skipped.extend({"epoch": plan.epoch, "rank": self.rank, **s} for s in host.skipped)
             self._batches_done = host.number + 1
             batch = self._assemble(host, views)
@@ -423,6 +430,19 @@ class SSLLoader:
             yield batch
             clock, thread_clock = time.perf_counter(), time.thread_time()
         self.epoch, self._batches_done = plan.epoch + 1, 0  # a complete pass: the next one is new
+
+    def _reader(self, plan: EpochPlan) -> BatchReader:
+        """The host side's reader of `plan`'s batches."""
+        return BatchReader(
+            self.manifest,
+            plan,
+            self.recipe,
+            on_error=self.on_error,
+            max_pixels=self.max_pixels,
+            source=self._source,
+            timings=self.timings,
+            ahead=self.download_ahead,
+        )
 
     def _check_cache_holds(self, plan: EpochPlan, start: int) -> None:
         """Refuse to start when the cache limit cannot hold the shards of `download_ahead + 1`

@@ -375,6 +375,9 @@ class _FeederJob:
         return batch, reader.timings
 
 
+_RUN_ENDS = object()  # from the run-ahead thread: the batches of one run end here
+
+
 class DaliBackend:
     """Runs a recipe's DALI graph over the batches of an epoch plan, in the plan's order.
 
@@ -430,6 +433,8 @@ class DaliBackend:
         if device == "cpu":  # tensors for the batches ahead, the consumer's and the one in the making
             self._finish = HostFinish(recipe, param_layout(recipe)[0], num_threads, keep=prefetch + 2)
         self._ahead: RunAhead | None = None  # the CPU path's graph and view pass, ahead of the consumer
+        self._following: tuple[BatchReader, Sequence[int]] | None = None  # the run expected next
+        self._continues: tuple[int, list[int]] | None = None  # (id of its reader, batches) once started
 
     def _source(self) -> tuple[np.ndarray, ...]:
         start = perf_counter()
@@ -503,31 +508,70 @@ class DaliBackend:
             self._feeders.start(numbers, setup)
 
     def run(
-        self, reader: BatchReader, numbers: Sequence[int]
+        self,
+        reader: BatchReader,
+        numbers: Sequence[int],
+        following: tuple[BatchReader, Sequence[int]] | None = None,
     ) -> Iterator[tuple[HostBatch, list[torch.Tensor]]]:
         """(host batch, views) for batch `numbers` of the reader's plan, in order.
 
         The graph is built and the feeders started here, on the caller's thread (feeders are forked
         from it). On a GPU the caller's thread then runs the graph (its outputs are device buffers,
         copied out on the caller's stream); on the CPU a thread does (`RunAhead`), with the view
-        pass, up to `prefetch` batches ahead, so the consumer's step overlaps them."""
-        self._stop_ahead()  # an abandoned run's thread may still be inside the graph
+        pass, up to `prefetch` batches ahead, so the consumer's step overlaps them. `following`
+        (CPU) is the run expected next, the next epoch's reader and batches: the thread starts it
+        as soon as this run's last batch is out of the graph, and a `run()` called with that same
+        reader and batches continues with what it made, so the epoch boundary costs the consumer
+        no wait. Any other next run, or `close()`, stops that thread first."""
         remaining = list(numbers)
-        self._start(reader, remaining)
-        batches = self._batches(reader, remaining)
+        continued = self._ahead is not None and self._continues == (id(reader), remaining)
+        if not continued:
+            self._stop_ahead()  # an abandoned run's thread may still be inside the graph
+            self._start(reader, remaining)
+        self._continues = None
+        self._following = following if self._finish is not None else None
         if self._finish is None:
-            yield from batches
+            yield from self._batches(reader, remaining)
             return
-        ahead = self._ahead = RunAhead(batches, depth=self.options["prefetch"], name="fastssl-cpu-views")
+        if not continued:
+            self._ahead = RunAhead(self._chain(reader, remaining), depth=self.options["prefetch"],
+                                   name="fastssl-cpu-views")  # fmt: skip
+        ahead, handed_on = self._ahead, False
         try:
-            yield from ahead
+            for item in ahead:
+                if item is _RUN_ENDS:  # this run is done; the thread may have gone on to the next
+                    handed_on = self._continues is not None
+                    return
+                yield item
         finally:
-            ahead.close()
+            if not handed_on:
+                self._stop_ahead()
+
+    @property
+    def runs_ahead(self) -> bool:
+        """Whether runs go in a thread ahead of the consumer (CPU graphs), and `run()` takes the
+        run expected next (`following`)."""
+        return self._finish is not None
+
+    def _chain(self, reader: BatchReader, remaining: list[int]) -> Iterator[Any]:
+        """The run-ahead thread's work: this run's batches, the end marker, then the following run
+        (the one named by the latest `run()` when this one's graph ran dry), and so on."""
+        while True:
+            yield from self._batches(reader, remaining)
+            following, self._following = self._following, None
+            if following is not None:
+                reader, remaining = following[0], list(following[1])
+                self._continues = (id(reader), list(remaining))
+            yield _RUN_ENDS
+            if following is None:
+                return
+            self._start(reader, remaining)
 
     def _stop_ahead(self) -> None:
         if self._ahead is not None:
             self._ahead.close()
             self._ahead = None
+        self._continues = None
 
     def _batches(
         self, reader: BatchReader, remaining: list[int]

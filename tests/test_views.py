@@ -102,6 +102,44 @@ def test_epochs_advance_after_a_complete_pass(demo_shards, backend) -> None:
     assert sorted(first) == sorted(second) and first != second
 
 
+def test_an_epoch_started_ahead_is_the_epoch_a_fresh_loader_reads(demo_shards, backend) -> None:
+    """The CPU graph's thread starts the next epoch while the consumer still holds the last
+    batches of this one; what comes out is that epoch exactly (keys and pixels), and an epoch
+    other than the one expected (set_epoch, an abandoned epoch, a resumed state) is read afresh."""
+
+    def epoch_of(loader: SSLLoader, stop: int | None = None) -> list[dict]:
+        out = []
+        for batch in loader:
+            out.append(batch)
+            if stop is not None and len(out) == stop:
+                break
+        return out
+
+    def fresh(epoch: int) -> list[dict]:
+        with _loader(demo_shards, SimCLR(size=32), backend, seed=4) as alone:
+            alone.set_epoch(epoch)
+            return epoch_of(alone)
+
+    def same(a: list[dict], b: list[dict]) -> bool:
+        return [x["key"] for x in a] == [y["key"] for y in b] and all(
+            torch.equal(u, v)
+            for x, y in zip(a, b, strict=True)
+            for u, v in zip(x["views"], y["views"], strict=True)
+        )
+
+    with _loader(demo_shards, SimCLR(size=32), backend, seed=4) as loader:
+        epoch_of(loader)
+        assert same(epoch_of(loader), fresh(1))  # started ahead while epoch 0 ended
+        loader.set_epoch(5)  # not the epoch expected next (2)
+        assert same(epoch_of(loader), fresh(5))
+        assert same(epoch_of(loader, stop=1), fresh(6)[:1])  # abandoned after one batch
+        state = loader.state_dict()
+        assert same(epoch_of(loader), fresh(6))  # not resumed: epoch 6 from its start
+        loader.load_state_dict(state)
+        assert same(epoch_of(loader), fresh(6)[1:])
+        assert same(epoch_of(loader), fresh(7))
+
+
 def _jpegs_by_key(shards: Path) -> dict[str, bytes]:
     manifest = Manifest.load(shards)
     out = {}
