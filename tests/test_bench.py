@@ -91,9 +91,9 @@ def test_bench_profiles_fastssl_s_stages_and_times_dali_s_own_pipeline(
     host = {"read", "checks", "labels", "params", "pack"}
     stages = host | {"feed", "decode + views", "to_torch", "next(loader)", "next(loader) cpu", "to_torch cpu"}
     assert set(profile) == stages and all(v >= 0 for v in profile.values())
-    # the consumer's stages happen inside next(loader); the host stages in the feeder processes
-    inside = profile["feed"] + profile["decode + views"] + profile["to_torch"]
-    assert inside <= profile["next(loader)"] * 1.05
+    # the host stages happen in the feeder processes; on the CPU the graph's stages in the backend's
+    # run-ahead thread, overlapping the consumer (they are not part of next(loader) there)
+    assert all(profile[stage] > 0 for stage in ("feed", "decode + views", "to_torch"))
     assert profile["next(loader) cpu"] <= profile["next(loader)"] * 1.05
     assert profile["read"] > 0 and profile["params"] > 0
     assert main(["bench", str(shard_dir), "--recipe", "jigsaw", "--only", "dali_native"]) == 2
