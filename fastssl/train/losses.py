@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 
@@ -14,20 +16,39 @@ def nt_xent(
     """SimCLR's NT-Xent (InfoNCE over 2N views): each view's positive is its partner; negatives are
     every other view on every rank (gathered with gradient). Invalid samples (`valid` False: epoch
     padding, skipped data) are neither anchors nor negatives."""
-    n = len(z1)
+    return multi_positive_nt_xent([z1, z2], temperature, valid)
+
+
+def multi_positive_nt_xent(
+    views: Sequence[torch.Tensor], temperature: float, valid: torch.Tensor | None = None
+) -> torch.Tensor:
+    """NT-Xent over V views of N images (SupCon's multi-positive form, Khosla et al. 2020, with
+    the image as the label): every view is an anchor, its positives are the image's V - 1 other
+    views, its negatives every other view on every rank (gathered with gradient); an anchor's loss
+    is the mean over its positives of -log softmax (averaged outside the log, as SupCon), the loss
+    the mean over anchors. With V = 2 it is SimCLR's NT-Xent exactly. Invalid samples are neither
+    anchors nor negatives."""
+    v, n = len(views), len(views[0])
+    if v < 2:
+        raise ValueError(f"a contrastive loss needs at least 2 views of each image, got {v}")
     rank, _ = world()
-    local = F.normalize(torch.cat([z1, z2]), dim=1)  # (2n, d): this rank's views
-    everyone = gather_with_grad(local)  # (W * 2n, d), rank r's block at [2n r, 2n (r + 1))
-    keep = torch.ones(n, dtype=torch.bool, device=z1.device) if valid is None else valid.bool()
-    keep2 = torch.cat([keep, keep])
+    device = views[0].device
+    local = F.normalize(torch.cat(list(views)), dim=1)  # (v n, d): row j n + i is view j of image i
+    everyone = gather_with_grad(local)  # (W v n, d), rank r's block at [v n r, v n (r + 1))
+    keep = torch.ones(n, dtype=torch.bool, device=device) if valid is None else valid.bool()
+    keep_rows = keep.repeat(v)
+    rows = torch.arange(v * n, device=device)
+    own = rows + v * n * rank
     logits = local @ everyone.T / temperature
-    own = torch.arange(2 * n, device=z1.device) + 2 * n * rank
-    columns_ok = gather(keep2)[None, :].expand_as(logits).clone()
-    columns_ok[torch.arange(2 * n, device=z1.device), own] = False  # a view is not its own negative
-    logits = logits.masked_fill(~columns_ok, float("-inf"))
-    positive = own + torch.where(torch.arange(2 * n, device=z1.device) < n, n, -n)
-    loss = F.cross_entropy(logits[keep2], positive[keep2], reduction="sum")
-    return loss / keep2.sum().clamp_min(1)
+    columns_ok = gather(keep_rows)[None, :].expand_as(logits).clone()
+    columns_ok[rows, own] = False  # a view is not its own negative
+    logits = logits.masked_fill(~columns_ok, float("-inf"))[keep_rows]  # invalid anchors out first
+    image, view = (rows % n)[keep_rows], (rows // n)[keep_rows]
+    partners = v * n * rank + torch.arange(v, device=device)[None, :] * n + image[:, None]  # (anchors, v)
+    log_prob = logits.log_softmax(dim=1).gather(1, partners)
+    others = torch.arange(v, device=device)[None, :] != view[:, None]  # the anchor itself is no positive
+    per_anchor = -log_prob.masked_fill(~others, 0.0).sum(dim=1) / (v - 1)  # its own column is -inf
+    return per_anchor.sum() / keep_rows.sum().clamp_min(1)
 
 
 def moco_infonce(q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor, temperature: float) -> torch.Tensor:

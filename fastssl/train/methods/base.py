@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
-from fastssl.recipes import Recipe
+from fastssl.recipes import MultiCrop, PatchRecipe, Recipe
 
 
 class Method(nn.Module):
@@ -24,6 +25,9 @@ class Method(nn.Module):
 
     def default_recipe(self, size: int) -> Recipe:
         raise NotImplementedError
+
+    def check_recipe(self, recipe: Recipe) -> None:
+        """Raise a ValueError when this method cannot train on `recipe`'s views; any by default."""
 
     def loss(self, batch: dict[str, Any]) -> torch.Tensor:
         raise NotImplementedError
@@ -56,3 +60,31 @@ def ema_update(target: nn.Module, online: nn.Module, momentum: float) -> None:
 def valid_mask(batch: dict[str, Any], n: int, device: torch.device) -> torch.Tensor:
     valid = batch.get("valid")
     return torch.ones(n, dtype=torch.bool, device=device) if valid is None else valid.to(device).bool()
+
+
+def global_crops(views: Sequence[torch.Tensor]) -> int:
+    """How many leading views are global crops: those of the first view's resolution
+    (`recipes.MultiCrop` puts its global crops first; a two-view recipe has two)."""
+    size = views[0].shape[-2:]
+    count = 1
+    while count < len(views) and views[count].shape[-2:] == size:
+        count += 1
+    return count
+
+
+def crop_pairs(views: Sequence[torch.Tensor]) -> list[tuple[int, int]]:
+    """(prediction crop, target crop) pairs of the multi-crop momentum methods: every crop against
+    each global crop other than itself. Two views give (0, 1) and (1, 0), the symmetric loss of
+    BYOL and MoCo v3; 2 global + N local crops give 2 + 2 N pairs."""
+    targets = range(global_crops(views))
+    return [(i, j) for i in range(len(views)) for j in targets if i != j]
+
+
+def refuse_multi_crop(method: str, recipe: Recipe) -> None:
+    """Raise a ValueError naming `method` when `recipe` makes crops of more than one size."""
+    sizes = {spec.size for spec in recipe.views()} if not isinstance(recipe, PatchRecipe) else set()
+    if isinstance(recipe, MultiCrop) or len(sizes) > 1:
+        raise ValueError(
+            f"{method} trains on one kind of view and takes no multi-crop recipe ({recipe.name}); "
+            "multi-crop works with simclr, mocov2, mocov3 and byol"
+        )

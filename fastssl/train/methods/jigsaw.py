@@ -11,7 +11,7 @@ from torch import nn
 
 from fastssl.recipes import Jigsaw as JigsawViews
 from fastssl.recipes import Recipe
-from fastssl.train.methods.base import Method, valid_mask
+from fastssl.train.methods.base import Method, refuse_multi_crop, valid_mask
 
 
 class Jigsaw(Method):
@@ -25,6 +25,9 @@ class Jigsaw(Method):
 
     def default_recipe(self, size: int) -> Recipe:
         return JigsawViews()
+
+    def check_recipe(self, recipe: Recipe) -> None:
+        refuse_multi_crop(self.name, recipe)
 
     def loss(self, batch: dict[str, Any]) -> torch.Tensor:
         tiles = batch["views"][0]  # (B, 9, C, t, t)

@@ -1,7 +1,8 @@
 """MoCo v2 (Chen et al. 2020): a momentum key encoder (0.999), a queue of 65,536 keys as the
 dictionary, an MLP head, temperature 0.2; keys are gathered from every rank before they are
 enqueued, and the key encoder sees the batch shuffled across ranks (shuffled BN) so that batch
-statistics cannot give the positive away."""
+statistics cannot give the positive away. With a multi-crop recipe every crop is a query against
+the keys of each global crop other than itself, and only global crops' keys are enqueued."""
 
 from __future__ import annotations
 
@@ -17,10 +18,16 @@ from fastssl.recipes import Recipe
 from fastssl.train.distributed import gather, world
 from fastssl.train.heads import mlp
 from fastssl.train.losses import moco_infonce
-from fastssl.train.methods.base import Method, ema_update, momentum_copy, valid_mask
+from fastssl.train.methods.base import Method, crop_pairs, ema_update, global_crops, momentum_copy, valid_mask
 
 
 class MoCoV2(Method):
+    """Pairing: with two views, the paper's asymmetric form: view 0 is the query, view 1 the key,
+    the key enqueued. With a multi-crop recipe (2 global + N local crops) every crop's query is
+    matched with the momentum key of each global crop other than itself (2 + 2N InfoNCE terms
+    against the same queue, averaged), and the keys of the global crops, only they, are enqueued
+    (CLSA enqueues only its key crop too)."""
+
     name: ClassVar[str] = "mocov2"
 
     def __init__(
@@ -68,13 +75,21 @@ class MoCoV2(Method):
         self.queue_ptr.copy_((self.queue_ptr + len(keys)) % size)
 
     def loss(self, batch: dict[str, Any]) -> torch.Tensor:
-        query_view, key_view = batch["views"][:2]
-        valid = valid_mask(batch, len(query_view), query_view.device)
-        q = self.projector(self.backbone(query_view))
-        k = self._keys(key_view)
-        loss = moco_infonce(q[valid], k[valid], self.queue.clone().detach(), self.temperature)
-        self._enqueue(k, valid)
-        return loss
+        views = batch["views"]
+        valid = valid_mask(batch, len(views[0]), views[0].device)
+        queue = self.queue.clone().detach()
+        if len(views) == 2:  # the paper's pair
+            q, k = self.projector(self.backbone(views[0])), self._keys(views[1])
+            loss = moco_infonce(q[valid], k[valid], queue, self.temperature)
+            self._enqueue(k, valid)
+            return loss
+        queries = [self.projector(self.backbone(view)) for view in views]
+        keys = [self._keys(view) for view in views[: global_crops(views)]]
+        pairs = crop_pairs(views)
+        loss = sum(moco_infonce(queries[i][valid], keys[j][valid], queue, self.temperature) for i, j in pairs)
+        for k in keys:
+            self._enqueue(k, valid)
+        return loss / len(pairs)
 
     def on_step(self, step: int, total_steps: int) -> None:
         ema_update(self.key_backbone, self.backbone, self.momentum)

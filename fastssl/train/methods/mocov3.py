@@ -1,6 +1,7 @@
 """MoCo v3 (Chen, Xie & He 2021): a 3-layer projector and a 2-layer predictor, a symmetric
 contrastive loss against the momentum keys of every rank, and the key encoder's momentum following
-a cosine schedule from 0.99 to 1; BYOL's asymmetric views."""
+a cosine schedule from 0.99 to 1; BYOL's asymmetric views; with a multi-crop recipe every crop is
+a query against the keys of each global crop other than itself."""
 
 from __future__ import annotations
 
@@ -13,11 +14,17 @@ from fastssl.recipes import BYOL as BYOLViews
 from fastssl.recipes import Recipe
 from fastssl.train.heads import mlp
 from fastssl.train.losses import contrastive_across_ranks
-from fastssl.train.methods.base import Method, ema_update, momentum_copy
+from fastssl.train.methods.base import Method, crop_pairs, ema_update, global_crops, momentum_copy
 from fastssl.train.optim import cosine_momentum
 
 
 class MoCoV3(Method):
+    """Pairing: each crop's query (online encoder, projector, predictor) against the momentum
+    keys of each global crop other than itself, the keys of that crop on every rank as the
+    dictionary; the momentum encoder sees the global crops only. Two views give the paper's
+    symmetric loss ctr(q1, k2) + ctr(q2, k1); with 2 global + N local crops the 2 + 2N terms are
+    averaged and multiplied by 2 (the two-view loss's scale)."""
+
     name: ClassVar[str] = "mocov3"
 
     def __init__(
@@ -41,14 +48,12 @@ class MoCoV3(Method):
         return BYOLViews(size=size)
 
     def loss(self, batch: dict[str, Any]) -> torch.Tensor:
-        one, two = batch["views"][:2]  # padding rows stay: keys must line up across ranks
-        q1 = self.predictor(self.projector(self.backbone(one)))
-        q2 = self.predictor(self.projector(self.backbone(two)))
+        views = batch["views"]  # padding rows stay: keys must line up across ranks
+        q = [self.predictor(self.projector(self.backbone(view))) for view in views]
         with torch.no_grad():
-            k1, k2 = self.key_projector(self.key_backbone(one)), self.key_projector(self.key_backbone(two))
-        return contrastive_across_ranks(q1, k2, self.temperature) + contrastive_across_ranks(
-            q2, k1, self.temperature
-        )
+            k = [self.key_projector(self.key_backbone(view)) for view in views[: global_crops(views)]]
+        pairs = crop_pairs(views)
+        return 2 * sum(contrastive_across_ranks(q[i], k[j], self.temperature) for i, j in pairs) / len(pairs)
 
     def on_step(self, step: int, total_steps: int) -> None:
         momentum = cosine_momentum(self.base_momentum, step, total_steps)

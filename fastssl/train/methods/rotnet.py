@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fastssl.recipes import Recipe, Rotation
-from fastssl.train.methods.base import Method, valid_mask
+from fastssl.train.methods.base import Method, refuse_multi_crop, valid_mask
 
 
 class RotNet(Method):
@@ -21,6 +21,9 @@ class RotNet(Method):
 
     def default_recipe(self, size: int) -> Recipe:
         return Rotation(size=size, resize=max(size, round(size * 256 / 224)))
+
+    def check_recipe(self, recipe: Recipe) -> None:
+        refuse_multi_crop(self.name, recipe)
 
     def loss(self, batch: dict[str, Any]) -> torch.Tensor:
         views = torch.cat(batch["views"])  # view k of every sample, k = 0..3
