@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import ast
 import signal
 import sys
 from pathlib import Path
@@ -206,9 +207,31 @@ def _add_pretrain(sub: argparse._SubParsersAction) -> None:
             "`torchrun --nproc-per-node N fastssl pretrain ...` each rank reads its share."
         ),
     )
-    p.add_argument("data", help="shard folder or manifest.json")
-    p.add_argument("--out", type=Path, required=True, help="run folder")
+    p.add_argument("data", nargs="?", help="shard folder or manifest.json (or the --config run's)")
+    p.add_argument("--out", type=Path, default=None, help="run folder (required unless --config gives it)")
+    p.add_argument(
+        "--config", type=Path, default=None,
+        help="RUN/config.json of an earlier run: rerun it as it was; options given here override it "
+        "(give --out for a new run folder)",
+    )  # fmt: skip
     p.add_argument("--method", default="simclr", help="simclr, mocov2, mocov3, byol, rotnet, jigsaw (simclr)")
+    p.add_argument(
+        "--method-option", dest="method_option", action="append", type=_key_value, default=[],
+        metavar="KEY=VALUE", help="a method's constructor option (repeatable), e.g. momentum=0.99",
+    )  # fmt: skip
+    p.add_argument(
+        "--recipe", default=None,
+        help="the views: a registered recipe (simclr, mocov2, byol, multicrop, rotation, crop, ...); "
+        "default the method's own. --size sets its view size (multicrop: the global crops, the local "
+        "crops keep their fraction of it, 96/224); --recipe-option then sets any field by name",
+    )  # fmt: skip
+    p.add_argument(
+        "--recipe-option", dest="recipe_option", action="append", type=_key_value, default=[],
+        metavar="KEY=VALUE",
+        help="a recipe field (repeatable); VALUE is a Python literal (6, 0.5, (0.05, 0.4)) or else a "
+        "string; multicrop also takes global_size and local_size, e.g. --recipe-option n_local=6 "
+        "--recipe-option local_size=96; applied after --size",
+    )  # fmt: skip
     p.add_argument("--backbone", default="resnet18", help="resnet18, resnet50, small_cnn (resnet18)")
     p.add_argument("--width", type=_positive, default=32, help="small_cnn width (32)")
     p.add_argument("--epochs", type=_positive, default=1)
@@ -326,6 +349,19 @@ def _add_remote(p: argparse.ArgumentParser) -> None:
     g.add_argument("--download-ahead", type=int, default=4, help="batches whose shards are fetched ahead (4)")
 
 
+def _key_value(text: str) -> tuple[str, object]:
+    """`KEY=VALUE` with VALUE a Python literal (numbers, tuples, booleans, quoted strings), or else
+    the text itself (`dtype=uint8`)."""
+    key, equals, value = text.partition("=")
+    if not equals or not key.strip() or not key.strip().isidentifier():
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    try:
+        parsed: object = ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+        parsed = value
+    return key.strip(), parsed
+
+
 def _positive_float(text: str) -> float:
     value = float(text)
     if not value > 0:
@@ -339,8 +375,19 @@ def _exit_on_sigterm(signum: int, frame: object) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `fastssl` console script; returns the exit status."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     from fastssl import commands  # imported late so that `--help` stays fast
+
+    if args.command == "pretrain" and args.config is not None:
+        # the earlier run's settings become the defaults, so that what is given here overrides them
+        try:
+            defaults = commands.pretrain_defaults(args.config)
+        except (OSError, ValueError) as err:
+            parser.error(f"--config {args.config}: {err}")
+        pretrain_parser = parser._subparsers._group_actions[0].choices["pretrain"]  # noqa: SLF001
+        pretrain_parser.set_defaults(**defaults)
+        args = parser.parse_args(argv)
 
     # SIGTERM (kill, a scheduler's timeout) unwinds like Ctrl-C, so that the shard in progress
     # is removed instead of being left behind as a temporary file.

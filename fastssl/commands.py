@@ -7,6 +7,8 @@ import io
 import json
 import sys
 from collections import Counter
+from pathlib import Path
+from typing import Any
 
 from fastssl.errors import DataError
 
@@ -277,15 +279,52 @@ def run_perms(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# PretrainConfig fields whose `fastssl pretrain` option has another name, or another meaning
+_CLI_NAMES = {"num_threads": "workers"}
+
+
+def pretrain_defaults(path: Path) -> dict[str, Any]:
+    """The `fastssl pretrain` defaults that rerun the run `path` (its RUN/config.json) describes,
+    by argument name; fields without an option of their own ride along in `config_rest`."""
+    import dataclasses
+
+    from fastssl.train import PretrainConfig
+
+    saved = json.loads(Path(path).read_text())
+    if not isinstance(saved, dict):
+        raise ValueError("not a run's config.json (expected a JSON object)")
+    known = {f.name for f in dataclasses.fields(PretrainConfig)}
+    unknown = sorted(set(saved) - known)
+    if unknown:
+        raise ValueError(f"fields no run has: {', '.join(unknown)}")
+    defaults: dict[str, Any] = {"config_rest": {}}
+    for name, value in saved.items():
+        if name == "progress":
+            defaults["quiet"] = not value
+        elif name in ("method_options", "recipe_options"):
+            defaults[f"saved_{name}"] = dict(value)
+        elif name in ("channels_last",):
+            defaults["config_rest"][name] = value
+        else:
+            defaults[_CLI_NAMES.get(name, name)] = value
+    return defaults
+
+
 def run_pretrain(args: argparse.Namespace) -> int:
-    """`fastssl pretrain`: build the config from the arguments and run it."""
+    """`fastssl pretrain`: build the config from the arguments (over `--config`'s run) and run it."""
     from fastssl.train import PretrainConfig, pretrain
 
-    options = {}
+    if args.data is None or args.out is None:
+        _err("pretrain needs DATA and --out (or --config RUN/config.json of a run that has them)")
+        return EXIT_USAGE
+    options = dict(getattr(args, "saved_method_options", {}))
+    options.update(args.method_option)
     if args.queue_size is not None:
         options["queue_size"] = args.queue_size
     if args.temperature is not None:
         options["temperature"] = args.temperature
+    recipe_options = dict(getattr(args, "saved_recipe_options", {}))
+    recipe_options.update(args.recipe_option)
     config = PretrainConfig(
         data=str(args.data),
         out=str(args.out),
@@ -312,6 +351,8 @@ def run_pretrain(args: argparse.Namespace) -> int:
         max_steps=args.max_steps,
         progress=not args.quiet,
         method_options=options,
+        recipe=args.recipe,
+        recipe_options=recipe_options,
         on_error=args.on_error,
         verify_checksums=args.verify_checksums,
         dist_timeout=args.dist_timeout,
@@ -320,6 +361,7 @@ def run_pretrain(args: argparse.Namespace) -> int:
         cache_limit=args.cache_limit,
         read_order=args.read_order,
         download_ahead=args.download_ahead,
+        **getattr(args, "config_rest", {}),
     )
     try:
         summary = pretrain(config)

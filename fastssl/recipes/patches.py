@@ -123,6 +123,10 @@ class PatchRecipe(Recipe):
             raise ValueError(f"tile_norm must be 'tile' or 'image', got {self.tile_norm!r}")
         self.patches().check_fits(self.size)
 
+    def resized(self, size: int) -> Recipe:
+        """Unchanged: a patch grid's geometry (crop, tiles, gaps) is set by its own options."""
+        return self
+
     def views(self) -> tuple[ViewSpec, ...]:
         return (self._view(),)
 

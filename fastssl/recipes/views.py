@@ -102,8 +102,20 @@ class Recipe:
         raise NotImplementedError
 
     def replace(self, **changes: object) -> Recipe:
-        """A copy with some fields changed (the recipe itself is frozen)."""
+        """A copy with some fields changed (the recipe itself is frozen); a field it does not have
+        is a ValueError naming the fields it has."""
+        known = {f.name for f in dataclasses.fields(self)}
+        unknown = sorted(set(changes) - known)
+        if unknown:
+            raise ValueError(
+                f"recipe {self.name!r} has no option {', '.join(unknown)}; "
+                f"its options: {', '.join(sorted(known))}"
+            )
         return dataclasses.replace(self, **changes)
+
+    def resized(self, size: int) -> Recipe:
+        """The recipe with its views made at `size` px (`fastssl pretrain --size`)."""
+        return self.replace(size=size)
 
     @property
     def num_views(self) -> int:
@@ -225,6 +237,19 @@ class MultiCrop(Recipe):
     local_p_blur: float = 0.5
     base: Recipe = field(default_factory=lambda: SimCLR())
 
+    def replace(self, **changes: object) -> Recipe:
+        """As `Recipe.replace`; `global_size` and `local_size` set one of `size`'s two values."""
+        sizes = {k: changes.pop(k) for k in ("global_size", "local_size") if k in changes}
+        if sizes:
+            size = tuple(changes.get("size", self.size))
+            changes["size"] = (sizes.get("global_size", size[0]), sizes.get("local_size", size[1]))
+        return super().replace(**changes)
+
+    def resized(self, size: int) -> Recipe:
+        """Global crops at `size` px, local crops at the same fraction of it as before (96 of 224:
+        `MultiCrop().resized(64)` makes 64 px global and 27 px local crops)."""
+        return self.replace(size=(size, max(1, round(size * self.size[1] / self.size[0]))))
+
     def views(self) -> tuple[ViewSpec, ...]:
         if self.n_global < 1 or self.n_local < 0:
             raise ValueError(f"need n_global >= 1 and n_local >= 0, got {self.n_global}, {self.n_local}")
@@ -262,6 +287,10 @@ class Rotation(Recipe):
     def views(self) -> tuple[ViewSpec, ...]:
         spec = self._view(crop="resize_random")
         return tuple(dataclasses.replace(spec, rotation=k) for k in range(4))
+
+    def resized(self, size: int) -> Recipe:
+        """Crops of `size` px out of images resized by the same ratio as before (256 for 224)."""
+        return self.replace(size=size, resize=max(size, round(size * self.resize / self.size)))
 
     @property
     def batch_params(self) -> bool:

@@ -27,6 +27,7 @@ from torch import nn
 
 from fastssl.data.plan import PlanState
 from fastssl.loader import SSLLoader
+from fastssl.recipes import Recipe, get_recipe
 from fastssl.train.backbones import build_backbone
 from fastssl.train.checkpoint import load_checkpoint, remove_stale_temporaries, save_checkpoint
 from fastssl.train.distributed import world
@@ -66,7 +67,8 @@ class PretrainConfig:
     max_steps: int | None = None
     progress: bool = True
     method_options: dict[str, Any] = field(default_factory=dict)
-    recipe_options: dict[str, Any] = field(default_factory=dict)  # changes to the method's views
+    recipe: str | None = None  # a registered recipe (fastssl.recipes.RECIPES); None: the method's own
+    recipe_options: dict[str, Any] = field(default_factory=dict)  # changes to the recipe's fields
     on_error: str = "raise"  # or "skip": bad samples are counted and listed in metrics.jsonl
     verify_checksums: bool = False
     allow_pipe: bool = False  # let `data` be a pipe: URL (a shell command)
@@ -90,6 +92,26 @@ def build_method(config: PretrainConfig) -> Method:
     if unknown:
         raise ValueError(f"method {config.method!r} takes no option {', '.join(unknown)}")
     return METHODS[config.method](backbone, dim, **config.method_options)
+
+
+def build_recipe(method: Method, config: PretrainConfig) -> Recipe:
+    """The run's views: `config.recipe` (a registry name) made at `config.size` px
+    (`Recipe.resized`: multi-crop recipes size their global crops and scale the local ones), or
+    the method's default recipe at that size; then `recipe_options` set fields by name (lists
+    become tuples, as JSON keeps them). A ValueError when the method cannot train on the result."""
+    if config.recipe is None:
+        recipe = method.default_recipe(config.size)
+    else:
+        recipe = get_recipe(config.recipe).resized(config.size)
+    if config.recipe_options:
+        recipe = recipe.replace(**{k: _tuples(v) for k, v in config.recipe_options.items()})
+    method.check_recipe(recipe)
+    return recipe
+
+
+def _tuples(value: Any) -> Any:
+    """JSON's lists as the tuples recipes hold, nested ones too."""
+    return tuple(_tuples(v) for v in value) if isinstance(value, list) else value
 
 
 def _init_distributed(device: torch.device, timeout_s: float) -> None:
@@ -272,11 +294,7 @@ def pretrain(config: PretrainConfig) -> dict[str, Any]:
     if rank == 0:  # the one writer of checkpoints clears what a killed writer left
         _clear_stale_temporaries(out / CHECKPOINT)
     method = build_method(config)
-    recipe = method.default_recipe(config.size)
-    if config.recipe_options:
-        recipe = recipe.replace(
-            **{k: tuple(v) if isinstance(v, list) else v for k, v in config.recipe_options.items()}
-        )
+    recipe = build_recipe(method, config)
     checkpoint_path = out / CHECKPOINT
     state = None
     batch_size = config.batch_size
