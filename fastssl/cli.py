@@ -232,14 +232,28 @@ def _add_pretrain(sub: argparse._SubParsersAction) -> None:
         "string; multicrop also takes global_size and local_size, e.g. --recipe-option n_local=6 "
         "--recipe-option local_size=96; applied after --size",
     )  # fmt: skip
-    p.add_argument("--backbone", default="resnet18", help="resnet18, resnet50, small_cnn (resnet18)")
+    p.add_argument(
+        "--backbone", default="resnet18",
+        help="resnet18, resnet50, small_cnn, vit_tiny, vit_small, vit_base (resnet18)",
+    )  # fmt: skip
     p.add_argument("--width", type=_positive, default=32, help="small_cnn width (32)")
+    p.add_argument(
+        "--patch-size", type=_positive, default=16,
+        help="ViT patch size (16); the view sizes must be multiples of it, e.g. 4 for 28 px images",
+    )  # fmt: skip
     p.add_argument("--epochs", type=_positive, default=1)
     p.add_argument("--batch-size", type=_positive, default=256, help="per rank (256)")
     p.add_argument("--size", type=_positive, default=224, help="view size (224)")
     p.add_argument("--lr", type=float, default=0.05)
-    p.add_argument("--optimizer", choices=("sgd", "lars"), default="sgd")
+    p.add_argument(
+        "--optimizer", choices=("sgd", "lars", "adamw"), default="sgd",
+        help="sgd (momentum 0.9), lars, or adamw (no decay on biases and norms) (sgd)",
+    )  # fmt: skip
     p.add_argument("--weight-decay", type=float, default=1e-4)
+    p.add_argument(
+        "--weight-decay-end", type=float, default=None,
+        help="cosine schedule of the weight decay from --weight-decay to this (DINO's ViT: 0.04 -> 0.4)",
+    )  # fmt: skip
     p.add_argument("--warmup-epochs", type=float, default=0.0)
     p.add_argument("--backend", choices=("auto", "dali", "kornia"), default="auto")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda (auto)")

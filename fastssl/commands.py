@@ -331,12 +331,14 @@ def run_pretrain(args: argparse.Namespace) -> int:
         method=args.method,
         backbone=args.backbone,
         width=args.width,
+        patch_size=args.patch_size,
         epochs=args.epochs,
         batch_size=args.batch_size,
         size=args.size,
         lr=args.lr,
         optimizer=args.optimizer,
         weight_decay=args.weight_decay,
+        weight_decay_end=args.weight_decay_end,
         warmup_epochs=args.warmup_epochs,
         backend=args.backend,
         device=args.device,
@@ -383,8 +385,9 @@ def run_pretrain(args: argparse.Namespace) -> int:
 
 def run_eval(args: argparse.Namespace) -> int:
     """`fastssl eval`: probe a run's backbone (and, on request, the same backbone untrained)."""
-    from fastssl.train import build_backbone, evaluate, load_backbone
+    from fastssl.train import PretrainConfig, evaluate, load_backbone
     from fastssl.train.evaluate import write_json
+    from fastssl.train.loop import build_run_backbone
 
     try:
         backbone, config = load_backbone(args.run)
@@ -399,10 +402,7 @@ def run_eval(args: argparse.Namespace) -> int:
     result = {"run": str(args.run), "method": config["method"], "backbone": config["backbone"]}
     result["trained"] = evaluate(backbone, args.data, **common)
     if args.random_init:
-        import torch
-
-        torch.manual_seed(config["seed"])
-        untrained, _ = build_backbone(config["backbone"], width=config["width"])
+        untrained, _ = build_run_backbone(PretrainConfig(**config))
         result["random_init"] = evaluate(untrained, args.data, **common)
     for name in ("trained", "random_init"):
         if name in result:

@@ -83,7 +83,7 @@ def _pretrain(shard_dir: Path, out: Path, seed: int, epochs: int, loader_rate: f
 
     import torch
 
-    from fastssl.train import PretrainConfig, build_backbone, evaluate, pretrain
+    from fastssl.train import PretrainConfig, build_run_backbone, evaluate, pretrain
     from fastssl.train.evaluate import load_backbone
 
     cuda = torch.cuda.is_available()
@@ -100,8 +100,7 @@ def _pretrain(shard_dir: Path, out: Path, seed: int, epochs: int, loader_rate: f
     train_rate = sum(r["images_per_s"] for r in records) / len(records)
     wait = sum(r["loader_wait"] for r in records) / len(records)
     trained, _ = load_backbone(out / "run")
-    torch.manual_seed(seed)
-    untrained, _ = build_backbone(config.backbone, width=config.width)
+    untrained, _ = build_run_backbone(config)
     device = "cuda" if cuda else "cpu"
     scores = [
         evaluate(b, str(shard_dir), size=config.size, probes=("knn",), device=device)

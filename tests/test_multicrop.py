@@ -22,7 +22,8 @@ from fastssl.train.methods import METHODS
 from fastssl.train.methods.base import crop_pairs, global_crops
 from tests.shardsets import demo_shard_set
 
-MULTI_CROP_METHODS = ("simclr", "mocov2", "mocov3", "byol")
+MULTI_CROP_METHODS = ("simclr", "mocov2", "mocov3", "byol", "dino")
+SMALL_OPTIONS = {"mocov2": {"queue_size": 32}, "dino": {"out_dim": 32, "hidden": 16, "bottleneck": 8}}
 
 
 def _crops(batch: int = 6, n_local: int = 3) -> list[torch.Tensor]:
@@ -35,8 +36,7 @@ def _crops(batch: int = 6, n_local: int = 3) -> list[torch.Tensor]:
 def test_every_crop_reaches_the_loss_and_gets_a_gradient(name) -> None:
     torch.manual_seed(1)
     backbone, dim = build_backbone("small_cnn", width=4)
-    options = {"queue_size": 32} if name == "mocov2" else {}
-    method = METHODS[name](backbone, dim, **options)
+    method = METHODS[name](backbone, dim, **SMALL_OPTIONS.get(name, {}))
     views = _crops()
     loss = method.loss({"views": views, "valid": torch.ones(6, dtype=torch.bool)})
     assert torch.isfinite(loss)
@@ -103,6 +103,22 @@ def test_size_and_options_combine_as_the_help_says() -> None:
             method, PretrainConfig(data="x", out="y", recipe="multicrop", recipe_options={"n_locals": 2})
         )
     assert get_recipe("rotation").resized(32).resize == 37  # 256 / 224 of the crop, as the default
+
+
+def test_the_base_recipe_is_chosen_by_name_and_set_field_by_field() -> None:
+    made = MultiCrop().replace(
+        base="byol", base_p_blur=(0.0, 0.5), base_jitter=(0.4, 0.4, 0.0, 0.0), n_local=1
+    )
+    views = made.views()
+    assert [v.p_blur for v in views] == [0.0, 0.5, made.local_p_blur]  # global i takes base view i
+    assert [v.p_solarize for v in views] == [0.0, 0.2, 0.0] and all(
+        v.jitter == (0.4, 0.4, 0.0, 0.0) for v in views
+    )
+    assert made.replace(n_local=2).base == made.base  # other changes keep the base
+    with pytest.raises(ValueError, match="recipe 'simclr' has no option blur"):
+        MultiCrop().replace(base_blur=0.5)
+    with pytest.raises(ValueError, match="unknown recipe 'byl'"):
+        MultiCrop().replace(base="byl")
 
 
 @pytest.fixture(scope="module")

@@ -35,11 +35,11 @@ def _env() -> dict[str, str]:
 
 @pytest.mark.parametrize("method", sorted(METHODS))
 def test_every_method_trains_and_writes_its_run(shards, tmp_path, method):
-    options = {"queue_size": 64} if method == "mocov2" else {}
+    options = {"mocov2": {"queue_size": 64}, "dino": {"out_dim": 64, "hidden": 32, "bottleneck": 16}}
     config = PretrainConfig(
         data=str(shards), out=str(tmp_path / method), method=method, backbone="small_cnn", width=8,
         size=32, batch_size=16, max_steps=3, log_every=1, num_threads=1, progress=False,
-        method_options=options,
+        method_options=options.get(method, {}),
     )  # fmt: skip
     summary = pretrain(config)
     assert summary["steps"] == 3 and torch.isfinite(torch.tensor(summary["loss"]))

@@ -238,11 +238,24 @@ class MultiCrop(Recipe):
     base: Recipe = field(default_factory=lambda: SimCLR())
 
     def replace(self, **changes: object) -> Recipe:
-        """As `Recipe.replace`; `global_size` and `local_size` set one of `size`'s two values."""
+        """As `Recipe.replace`; `global_size` and `local_size` set one of `size`'s two values,
+        `base` may be a recipe's registry name ("byol"), and `base_FIELD` sets the base recipe's
+        FIELD (`base_jitter=(0.4, 0.4, 0.0, 0.0)`), so that every option is a plain value the
+        command line and a run's config.json can hold."""
         sizes = {k: changes.pop(k) for k in ("global_size", "local_size") if k in changes}
         if sizes:
             size = tuple(changes.get("size", self.size))
             changes["size"] = (sizes.get("global_size", size[0]), sizes.get("local_size", size[1]))
+        base = changes.get("base", self.base)
+        if isinstance(base, str):
+            from fastssl.recipes import get_recipe  # the registry imports this module
+
+            base = get_recipe(base)
+        base_changes = {k[len("base_") :]: changes.pop(k) for k in list(changes) if k.startswith("base_")}
+        if base_changes:
+            base = base.replace(**base_changes)
+        if base is not self.base:
+            changes["base"] = base
         return super().replace(**changes)
 
     def resized(self, size: int) -> Recipe:

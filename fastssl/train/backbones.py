@@ -1,5 +1,6 @@
 """Backbones for pretraining: ResNet-18/50 (torchvision's when it imports, else a faithful local
-definition of the same architecture), a small CNN for CPU runs, or any `nn.Module` a user passes.
+definition of the same architecture), ViT-Tiny/Small/Base of any patch size (`fastssl.train.vit`),
+a small CNN for CPU runs, or any `nn.Module` a user passes.
 
 Every builder returns the network with its classifier removed and the width of its feature vector,
 which is what the method heads and the evaluation probes need.
@@ -9,7 +10,9 @@ from __future__ import annotations
 
 from torch import nn
 
-BACKBONES = ("resnet18", "resnet50", "small_cnn")
+from fastssl.train.vit import VIT_SIZES, vit
+
+BACKBONES = ("resnet18", "resnet50", "small_cnn", "vit_tiny", "vit_small", "vit_base")
 
 
 class BasicBlock(nn.Module):
@@ -116,9 +119,12 @@ def _torchvision_resnet(name: str) -> nn.Module | None:
     return model
 
 
-def build_backbone(backbone: str | nn.Module, *, width: int = 32) -> tuple[nn.Module, int]:
+def build_backbone(
+    backbone: str | nn.Module, *, width: int = 32, patch_size: int = 16, image_size: int = 224
+) -> tuple[nn.Module, int]:
     """(network without classifier, feature width) for a name in BACKBONES or a user's module
-    (whose feature width is found by running it once on a 2x3x64x64 input)."""
+    (whose feature width is found by running it once on a 2x3x64x64 input). `width` sizes the
+    small CNN; `patch_size` and `image_size` (the side its position embedding is made for) a ViT."""
     if isinstance(backbone, nn.Module):
         import torch
 
@@ -130,6 +136,9 @@ def build_backbone(backbone: str | nn.Module, *, width: int = 32) -> tuple[nn.Mo
         return backbone, dim
     if backbone == "small_cnn":
         return small_cnn(width), 4 * width
+    if backbone in VIT_SIZES:
+        model = vit(backbone, patch_size=patch_size, img_size=image_size)
+        return model, model.embed_dim
     if backbone in ("resnet18", "resnet50"):
         model = _torchvision_resnet(backbone)
         if model is None:

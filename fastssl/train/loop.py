@@ -32,7 +32,7 @@ from fastssl.train.backbones import build_backbone
 from fastssl.train.checkpoint import load_checkpoint, remove_stale_temporaries, save_checkpoint
 from fastssl.train.distributed import world
 from fastssl.train.methods import METHODS, Method
-from fastssl.train.optim import build_optimizer, warmup_cosine
+from fastssl.train.optim import build_optimizer, cosine_between, set_weight_decay, warmup_cosine
 
 CHECKPOINT = "checkpoint.pt"
 
@@ -46,12 +46,14 @@ class PretrainConfig:
     method: str = "simclr"
     backbone: str = "resnet18"
     width: int = 32  # small_cnn only
+    patch_size: int = 16  # ViT backbones only
     epochs: int = 1
     batch_size: int = 256  # per rank
     size: int = 224
     lr: float = 0.05
     optimizer: str = "sgd"
     weight_decay: float = 1e-4
+    weight_decay_end: float | None = None  # cosine from weight_decay to this over the run (DINO)
     warmup_epochs: float = 0.0
     backend: str = "auto"
     device: str = "auto"
@@ -79,12 +81,20 @@ class PretrainConfig:
     dist_timeout: float = 1800.0  # seconds a collective waits for a silent rank before failing
 
 
+def build_run_backbone(config: PretrainConfig) -> tuple[nn.Module, int]:
+    """The configured backbone at its initial weights for `config.seed` (what a run starts from,
+    and the random-init baseline evaluation compares against)."""
+    torch.manual_seed(config.seed)  # the same initial weights on every rank and on resume
+    return build_backbone(
+        config.backbone, width=config.width, patch_size=config.patch_size, image_size=config.size
+    )
+
+
 def build_method(config: PretrainConfig) -> Method:
     """The configured method around the configured backbone."""
     if config.method not in METHODS:
         raise ValueError(f"unknown method {config.method!r}; known: {', '.join(METHODS)}")
-    torch.manual_seed(config.seed)  # the same initial weights on every rank and on resume
-    backbone, dim = build_backbone(config.backbone, width=config.width)
+    backbone, dim = build_run_backbone(config)
     import inspect
 
     accepted = inspect.signature(METHODS[config.method].__init__).parameters
@@ -398,6 +408,7 @@ def pretrain(config: PretrainConfig) -> dict[str, Any]:
         while loader.epoch < config.epochs and not stop:
             epoch = loader.epoch
             model.train()
+            method.on_epoch(epoch, config.epochs)
             for batch in loader:
                 now = time.perf_counter()
                 waited += now - last
@@ -405,6 +416,10 @@ def pretrain(config: PretrainConfig) -> dict[str, Any]:
                     loss = model(batch)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
+                method.adjust_gradients(epoch)
+                if config.weight_decay_end is not None:
+                    decay = cosine_between(config.weight_decay, config.weight_decay_end, step, total)
+                    set_weight_decay(optimizer, decay)
                 optimizer.step()
                 scheduler.step()
                 method.on_step(step, total)

@@ -1,5 +1,6 @@
-"""Optimisers and learning-rate schedules: SGD, LARS (You et al. 2017) for large batches, and
-linear warm-up followed by cosine decay, stepped per iteration."""
+"""Optimisers and schedules: SGD, LARS (You et al. 2017) for large batches, AdamW for ViTs; linear
+warm-up followed by cosine decay of the learning rate, cosine schedules of momentum and weight
+decay, all stepped per iteration."""
 
 from __future__ import annotations
 
@@ -42,14 +43,40 @@ class LARS(torch.optim.Optimizer):
         return loss
 
 
+OPTIMIZERS = ("sgd", "lars", "adamw")
+
+
 def build_optimizer(model: nn.Module, name: str, lr: float, weight_decay: float) -> torch.optim.Optimizer:
-    """ "sgd" (momentum 0.9) or "lars" over the parameters that require gradients."""
+    """ "sgd" (momentum 0.9), "lars" or "adamw" over the parameters that require gradients.
+
+    AdamW (the ViT methods' optimiser: DINO, MoCo v3) decays weight matrices only, not biases and
+    norm parameters (1-D), as DINO's and timm's parameter groups do; its second group is marked
+    `decay=False` so a weight-decay schedule leaves it at 0."""
     params = [p for p in model.parameters() if p.requires_grad]
     if name == "sgd":
         return torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=weight_decay)
     if name == "lars":
         return LARS(params, lr=lr, weight_decay=weight_decay)
-    raise ValueError(f"optimizer must be 'sgd' or 'lars', got {name!r}")
+    if name == "adamw":
+        groups = [
+            {"params": [p for p in params if p.ndim > 1]},
+            {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0, "decay": False},
+        ]
+        return torch.optim.AdamW([g for g in groups if g["params"]], lr=lr, weight_decay=weight_decay)
+    raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {name!r}")
+
+
+def set_weight_decay(optimizer: torch.optim.Optimizer, weight_decay: float) -> None:
+    """Set every decayed parameter group's weight decay (a schedule's value for this step)."""
+    for group in optimizer.param_groups:
+        if group.get("decay", True):
+            group["weight_decay"] = weight_decay
+
+
+def cosine_between(start: float, end: float, step: int, total: int) -> float:
+    """From `start` at step 0 to `end` at `total` along a half cosine (DINO's weight decay and
+    teacher momentum schedules)."""
+    return end + (start - end) * (math.cos(math.pi * min(1.0, step / max(1, total))) + 1) / 2
 
 
 def warmup_cosine(step: int, total: int, warmup: int) -> float:
@@ -62,5 +89,5 @@ def warmup_cosine(step: int, total: int, warmup: int) -> float:
 
 
 def cosine_momentum(base: float, step: int, total: int) -> float:
-    """BYOL / MoCo v3 target momentum: from `base` to 1 along a cosine over `total` steps."""
-    return 1 - (1 - base) * (math.cos(math.pi * min(1.0, step / max(1, total))) + 1) / 2
+    """BYOL / MoCo v3 / DINO target momentum: from `base` to 1 along a cosine over `total` steps."""
+    return cosine_between(base, 1.0, step, total)

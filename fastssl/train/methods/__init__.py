@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from fastssl.train.methods.base import Method
 from fastssl.train.methods.byol import BYOL
+from fastssl.train.methods.dino import DINO
 from fastssl.train.methods.jigsaw import Jigsaw
 from fastssl.train.methods.mocov2 import MoCoV2
 from fastssl.train.methods.mocov3 import MoCoV3
 from fastssl.train.methods.rotnet import RotNet
 from fastssl.train.methods.simclr import SimCLR
 
-METHODS: dict[str, type[Method]] = {m.name: m for m in (SimCLR, MoCoV2, MoCoV3, BYOL, RotNet, Jigsaw)}
+METHODS: dict[str, type[Method]] = {m.name: m for m in (SimCLR, MoCoV2, MoCoV3, BYOL, DINO, RotNet, Jigsaw)}
 
-__all__ = ["BYOL", "METHODS", "Jigsaw", "Method", "MoCoV2", "MoCoV3", "RotNet", "SimCLR"]
+__all__ = ["BYOL", "DINO", "METHODS", "Jigsaw", "Method", "MoCoV2", "MoCoV3", "RotNet", "SimCLR"]

@@ -39,6 +39,13 @@ class Method(nn.Module):
     def on_step(self, step: int, total_steps: int) -> None:
         """Called after every optimiser step; nothing by default."""
 
+    def on_epoch(self, epoch: int, epochs: int) -> None:
+        """Called as each epoch starts (also the epoch a run resumes in); nothing by default."""
+
+    def adjust_gradients(self, epoch: int) -> None:
+        """Called between backward and the optimiser step (gradients already all-reduced under
+        DDP): clipping, frozen layers. Nothing by default."""
+
 
 def momentum_copy(module: nn.Module) -> nn.Module:
     """A frozen copy for a momentum (EMA) encoder."""
@@ -86,5 +93,5 @@ def refuse_multi_crop(method: str, recipe: Recipe) -> None:
     if isinstance(recipe, MultiCrop) or len(sizes) > 1:
         raise ValueError(
             f"{method} trains on one kind of view and takes no multi-crop recipe ({recipe.name}); "
-            "multi-crop works with simclr, mocov2, mocov3 and byol"
+            "multi-crop works with simclr, mocov2, mocov3, byol and dino"
         )
