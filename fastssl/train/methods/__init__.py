@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from fastssl.train.methods.base import Method
 from fastssl.train.methods.byol import BYOL
+from fastssl.train.methods.context import ContextPrediction
+from fastssl.train.methods.cpc import CPC
 from fastssl.train.methods.dino import DINO
 from fastssl.train.methods.jigsaw import Jigsaw
 from fastssl.train.methods.mocov2 import MoCoV2
@@ -11,6 +13,20 @@ from fastssl.train.methods.mocov3 import MoCoV3
 from fastssl.train.methods.rotnet import RotNet
 from fastssl.train.methods.simclr import SimCLR
 
-METHODS: dict[str, type[Method]] = {m.name: m for m in (SimCLR, MoCoV2, MoCoV3, BYOL, DINO, RotNet, Jigsaw)}
+METHODS: dict[str, type[Method]] = {
+    m.name: m for m in (SimCLR, MoCoV2, MoCoV3, BYOL, DINO, RotNet, Jigsaw, ContextPrediction, CPC)
+}
 
-__all__ = ["BYOL", "DINO", "METHODS", "Jigsaw", "Method", "MoCoV2", "MoCoV3", "RotNet", "SimCLR"]
+__all__ = [
+    "BYOL",
+    "CPC",
+    "DINO",
+    "METHODS",
+    "ContextPrediction",
+    "Jigsaw",
+    "Method",
+    "MoCoV2",
+    "MoCoV3",
+    "RotNet",
+    "SimCLR",
+]

@@ -87,6 +87,14 @@ def crop_pairs(views: Sequence[torch.Tensor]) -> list[tuple[int, int]]:
     return [(i, j) for i in range(len(views)) for j in targets if i != j]
 
 
+def require_recipe(method: str, recipe: Recipe, kind: type[Recipe]) -> None:
+    """Raise a ValueError naming `method` when `recipe` is not a `kind` (the pretexts whose labels
+    only that recipe makes)."""
+    if not isinstance(recipe, kind):
+        multi = " (it takes no multi-crop recipe)" if isinstance(recipe, MultiCrop) else ""
+        raise ValueError(f"{method} trains on the {kind.name!r} recipe's views{multi}, not {recipe.name!r}")
+
+
 def refuse_multi_crop(method: str, recipe: Recipe) -> None:
     """Raise a ValueError naming `method` when `recipe` makes crops of more than one size."""
     sizes = {spec.size for spec in recipe.views()} if not isinstance(recipe, PatchRecipe) else set()

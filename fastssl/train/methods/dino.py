@@ -42,8 +42,9 @@ PUBLISHED: dict[str, dict[str, Any]] = {
 
 
 class DINOHead(nn.Module):
-    """DINO's projection head: in -> hidden -> hidden -> bottleneck MLP (GELU, no batch norm),
-    L2 normalisation, then a weight-normalised linear layer without bias to `out_dim` prototypes
+    """DINO's projection head: in -> hidden -> hidden -> bottleneck MLP (GELU; batch norm after the
+    hidden layers with `use_bn`, off by default, on in the released ResNet-50 run), L2
+    normalisation, then a weight-normalised linear layer without bias to `out_dim` prototypes
     whose norms are fixed at 1 with `norm_last_layer` (the paper's default)."""
 
     def __init__(
@@ -54,11 +55,13 @@ class DINOHead(nn.Module):
         hidden: int = 2048,
         bottleneck: int = 256,
         norm_last_layer: bool = True,
+        use_bn: bool = False,
     ) -> None:
         super().__init__()
+        norm = (lambda: nn.BatchNorm1d(hidden)) if use_bn else nn.Identity
         self.mlp = nn.Sequential(
-            nn.Linear(dim_in, hidden), nn.GELU(),
-            nn.Linear(hidden, hidden), nn.GELU(),
+            nn.Linear(dim_in, hidden), norm(), nn.GELU(),
+            nn.Linear(hidden, hidden), norm(), nn.GELU(),
             nn.Linear(hidden, bottleneck),
         )  # fmt: skip
         for m in self.mlp:
@@ -98,6 +101,7 @@ class DINO(Method):
         hidden: int = 2048,
         bottleneck: int = 256,
         norm_last_layer: bool = True,
+        use_bn: bool = False,
         student_temp: float = 0.1,
         teacher_temp: float = 0.04,
         warmup_teacher_temp: float = 0.04,
@@ -110,7 +114,12 @@ class DINO(Method):
     ) -> None:
         super().__init__(backbone, feature_dim)
         self.head = DINOHead(
-            feature_dim, out_dim, hidden=hidden, bottleneck=bottleneck, norm_last_layer=norm_last_layer
+            feature_dim,
+            out_dim,
+            hidden=hidden,
+            bottleneck=bottleneck,
+            norm_last_layer=norm_last_layer,
+            use_bn=use_bn,
         )
         if isinstance(backbone, VisionTransformer):
             backbone.set_drop_path(drop_path)

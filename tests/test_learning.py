@@ -1,0 +1,34 @@
+"""Pretraining learns on real labelled images: each method's multi-crop variant, two-crop SimCLR
+and CPC on Fashion-MNIST (Debian's dataset-fashion-mnist) beat the same small CNN at random
+initialisation by the margin its variant states (`tests/learning.py`: 4 points kNN or 2 points
+linear probe). One data set and one random-init baseline serve every test; the longer figures,
+context prediction's and the two-crop versions', come from benchmarks/bench_learning.py."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from fastssl.data import fashion_mnist
+from tests.learning import TESTED, VARIANTS, baseline_scores, pretrain_variant, scores
+
+pytestmark = pytest.mark.skipif(
+    not fashion_mnist.available(),
+    reason="Fashion-MNIST absent: apt-get install dataset-fashion-mnist (.ci/run does it where it can)",
+)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("learning")
+    return fashion_mnist.write_fashion_mnist(root / "fm", limit={"train": 2000, "test": 1000}, workers=1)
+
+
+@pytest.mark.parametrize("name", TESTED)
+def test_pretraining_beats_random_init(data, tmp_path, name) -> None:
+    baseline = baseline_scores(data)
+    learned = scores(pretrain_variant(name, data, tmp_path / name), data)
+    print(f"{name} on Fashion-MNIST 2000/1000: trained {learned}, random init {baseline}")
+    for probe, margin in VARIANTS[name]["margin"].items():
+        assert learned[probe] > baseline[probe] + margin, f"{probe}: {learned[probe]} vs {baseline[probe]}"
