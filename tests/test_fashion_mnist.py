@@ -12,6 +12,7 @@ pytestmark = pytest.mark.skipif(
     reason="Fashion-MNIST absent: apt-get install dataset-fashion-mnist (.ci/run does it where it can)",
 )
 
+
 def test_reader_gives_the_published_shapes_and_classes():
     images, labels = fashion_mnist.load_split("test")
     assert images.shape == (10_000, 28, 28) and labels.shape == (10_000,)

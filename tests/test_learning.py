@@ -1,8 +1,8 @@
-"""Pretraining learns on real labelled images: each method's multi-crop variant, two-crop SimCLR
-and CPC on Fashion-MNIST (Debian's dataset-fashion-mnist) beat the same small CNN at random
-initialisation by the margin its variant states (`tests/learning.py`: 4 points kNN or 2 points
-linear probe). One data set and one random-init baseline serve every test; the longer figures,
-context prediction's and the two-crop versions', come from benchmarks/bench_learning.py."""
+"""Pretraining learns on real labelled images: each method's multi-crop variant, two-crop SimCLR,
+context prediction and CPC on Fashion-MNIST (Debian's dataset-fashion-mnist) beat the same small
+CNN at random initialisation by the margin its variant states (`tests/learning.py`: 4 points kNN
+or 2 points linear probe). One data set and one random-init baseline serve every test; the other
+two-crop versions and the equal-time comparison come from benchmarks/bench_learning.py."""
 
 from __future__ import annotations
 

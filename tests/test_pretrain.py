@@ -52,14 +52,20 @@ def test_every_method_trains_and_writes_its_run(shards, tmp_path, method):
     assert (tmp_path / method / "loss.png").stat().st_size > 0
 
 
-@pytest.mark.parametrize("method", ["simclr", "mocov2"])
+TWO_RANK_OPTIONS = {
+    "mocov2": ["--queue-size", "64"],
+    "dino": [f"--method-option={k}={v}" for k, v in {"out_dim": 64, "hidden": 32, "bottleneck": 16}.items()],
+}
+
+
+@pytest.mark.parametrize("method", ["simclr", "mocov2", "dino"])
 def test_two_rank_torchrun_runs_on_cpu(shards, tmp_path, method):
     run = tmp_path / method
     command = [
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
         "-m", "fastssl.cli", "pretrain", str(shards), "--out", str(run), "--method", method,
-        "--epochs", "1", "--log-keys", "--workers", "1", *SMALL,
-    ] + (["--queue-size", "64"] if method == "mocov2" else [])  # fmt: skip
+        "--epochs", "1", "--log-keys", "--workers", "1", *SMALL, *TWO_RANK_OPTIONS.get(method, []),
+    ]  # fmt: skip
     done = subprocess.run(command, env=_env(), capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     state = load_checkpoint(run / "checkpoint.pt")
@@ -69,6 +75,8 @@ def test_two_rank_torchrun_runs_on_cpu(shards, tmp_path, method):
         for line in (run / f"keys-rank{rank}.jsonl").read_text().splitlines():
             keys += json.loads(line)["keys"]
     assert len(set(keys)) == 96  # every sample trained on in the epoch, across the two ranks
+    if method == "dino":  # the centre went through the all-reduce of both ranks' teacher outputs
+        assert torch.isfinite(state["model"]["center"]).all() and state["model"]["center"].abs().sum() > 0
 
 
 def _keys_by_step(run: Path) -> dict[int, list[str]]:
