@@ -1,7 +1,8 @@
 """Vision Transformer (Dosovitskiy et al. 2021) as DINO and MoCo v3 use it, with timm's parameter
 names (`patch_embed.proj`, `cls_token`, `pos_embed`, `blocks.N.norm1`, `blocks.N.attn.qkv`,
-`blocks.N.attn.proj`, `blocks.N.norm2`, `blocks.N.mlp.fc1`, `blocks.N.mlp.fc2`, `norm`), so that
-a state dict loads into `timm.create_model("vit_small_patch16_224", num_classes=0)` and back.
+`blocks.N.attn.proj`, `blocks.N.norm2`, `blocks.N.mlp.fc1`, `blocks.N.mlp.fc2`, `norm`) and
+shapes as `timm.create_model("vit_small_patch16_224", num_classes=0)`, so that state dicts can
+move between the two (the names are tested; loading into timm is not, as timm does not import here).
 
 Written here rather than taken from timm because timm imports torchvision, which does not import
 with the CPU torch these machines run. Any patch size works, so a small one (4) makes the same
