@@ -117,6 +117,8 @@ def test_the_base_recipe_is_chosen_by_name_and_set_field_by_field() -> None:
     assert made.replace(n_local=2).base == made.base  # other changes keep the base
     with pytest.raises(ValueError, match="recipe 'simclr' has no option blur"):
         MultiCrop().replace(base_blur=0.5)
+    with pytest.raises(ValueError, match="multicrop sets its crops' scale itself"):
+        MultiCrop().replace(base_scale=(0.5, 1.0))
     with pytest.raises(ValueError, match="unknown recipe 'byl'"):
         MultiCrop().replace(base="byl")
 

@@ -83,6 +83,11 @@ def test_cpc_scores_each_prediction_against_every_patch_of_the_batch() -> None:
         ("context", PatchGrid(), "context trains on the 'context' recipe's views, not 'patchgrid'"),
         ("cpc", SimCLR(), "cpc trains on the 'patchgrid' recipe's views, not 'simclr'"),
         ("cpc", PatchGrid(grid=(1, 7)), "needs at least 2 rows"),
+        (
+            "cpc",
+            PatchGrid(size=96, resize=96, grid=(3, 3), stride=32, tile=32),
+            r"steps=5 rows ahead; a 3-row grid has 2",
+        ),
     ],
 )
 def test_each_pretext_refuses_views_it_has_no_labels_for(method, recipe, message) -> None:

@@ -75,7 +75,7 @@ def test_two_rank_torchrun_runs_on_cpu(shards, tmp_path, method):
         for line in (run / f"keys-rank{rank}.jsonl").read_text().splitlines():
             keys += json.loads(line)["keys"]
     assert len(set(keys)) == 96  # every sample trained on in the epoch, across the two ranks
-    if method == "dino":  # the centre went through the all-reduce of both ranks' teacher outputs
+    if method == "dino":  # the centre (all-reduced over both ranks' teacher outputs) was updated
         assert torch.isfinite(state["model"]["center"]).all() and state["model"]["center"].abs().sum() > 0
 
 

@@ -252,6 +252,11 @@ class MultiCrop(Recipe):
 
             base = get_recipe(base)
         base_changes = {k[len("base_") :]: changes.pop(k) for k in list(changes) if k.startswith("base_")}
+        overridden = sorted({"size", "scale"} & set(base_changes))
+        if overridden:
+            raise ValueError(
+                f"multicrop sets its crops' {', '.join(overridden)} itself; use {overridden[0]}=..."
+            )
         if base_changes:
             base = base.replace(**base_changes)
         if base is not self.base:

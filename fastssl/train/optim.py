@@ -50,7 +50,9 @@ def build_optimizer(model: nn.Module, name: str, lr: float, weight_decay: float)
     """ "sgd" (momentum 0.9), "lars" or "adamw" over the parameters that require gradients.
 
     AdamW (the ViT methods' optimiser: DINO, MoCo v3) decays weight matrices only, not biases and
-    norm parameters (1-D), as DINO's and timm's parameter groups do; its second group is marked
+    norm parameters (1-D), as DINO's parameter groups do (position embedding and class token are
+    decayed, as there; SGD and LARS keep decaying everything, so DINO's ResNet-50 recipe under SGD
+    also decays biases and norms, which DINO does not); its second group is marked
     `decay=False` so a weight-decay schedule leaves it at 0."""
     params = [p for p in model.parameters() if p.requires_grad]
     if name == "sgd":

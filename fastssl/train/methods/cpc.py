@@ -34,12 +34,14 @@ class CausalRows(nn.Module):
 
 
 class CPC(Method):
-    """Pairing: for each k in 1..`steps` (at most the grid's rows - 1) and each position (r, c)
+    """Pairing: for each k in 1..`steps` (the recipe's grid must have more rows) and each position (r, c)
     with r + k inside the grid, the prediction W_k context[r, c] scores the embedding of patch
     (r + k, c) of the same image against the embeddings of every patch of every image in this
     rank's batch (the positive among them); the loss is the cross-entropy of those scores
     divided by `temperature`, averaged over positions and then over k. Embeddings are the
-    backbone's features of each patch; CPC v2's layer norm is applied to them (`layer_norm`).
+    backbone's features of each patch, layer-normed (`layer_norm`; CPC v2 also replaced batch
+    norm inside the encoder by layer norm, which this does not: a batch-norm backbone shares
+    statistics across an image's patches).
     Memory: the scores are (B R C) x (B R C) per k for a B-image batch of an R x C grid, which is
     why the paper used batches of 32 per GPU; lower `batch_size` for large grids."""
 
@@ -72,6 +74,11 @@ class CPC(Method):
         if recipe.grid[0] < 2:
             raise ValueError(
                 f"cpc predicts rows below: the patch grid needs at least 2 rows, got {recipe.grid}"
+            )
+        if len(self.predictors) > recipe.grid[0] - 1:  # unused predictors would stall DDP's reduction
+            raise ValueError(
+                f"cpc predicts steps={len(self.predictors)} rows ahead; a {recipe.grid[0]}-row grid "
+                f"has {recipe.grid[0] - 1} below its first row: use steps <= {recipe.grid[0] - 1}"
             )
         self.grid = tuple(recipe.grid)
 

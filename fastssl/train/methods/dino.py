@@ -145,6 +145,11 @@ class DINO(Method):
     def check_recipe(self, recipe: Recipe) -> None:
         if isinstance(recipe, PatchRecipe) or recipe.num_views < 2:
             raise ValueError(f"dino needs at least two crops of each image; recipe {recipe.name!r} has one")
+        if isinstance(recipe, MultiCrop) and recipe.n_local and recipe.size[1] == recipe.size[0]:
+            raise ValueError(  # global crops are told apart by their size (methods.base.global_crops)
+                f"local crops of the global crops' size ({recipe.size[0]} px) would count as global; "
+                "make them smaller"
+            )
         if isinstance(self.backbone, VisionTransformer):
             odd = sorted({s.size for s in recipe.views() if s.size % self.backbone.patch_size})
             if odd:
@@ -154,15 +159,19 @@ class DINO(Method):
 
     def on_epoch(self, epoch: int, epochs: int) -> None:
         start, end, warmup = self.teacher_temps
-        self.teacher_temp = start + (end - start) * epoch / warmup if epoch < warmup else end
+        # np.linspace(start, end, warmup)[epoch], as main_dino.py: `end` is reached at epoch warmup - 1
+        self.teacher_temp = start + (end - start) * epoch / max(1, warmup - 1) if epoch < warmup else end
 
     def loss(self, batch: dict[str, Any]) -> torch.Tensor:
         views = batch["views"]
         valid = valid_mask(batch, len(views[0]), views[0].device)
-        student = [self.head(self.backbone(view))[valid] / self.student_temp for view in views]
+        # softmax, centre and loss in float32: bf16 autocast would round the logits before the
+        # 0.04 temperature, and the centre's sums
+        student = [self.head(self.backbone(view))[valid].float() / self.student_temp for view in views]
         with torch.no_grad():
             teacher = [
-                self.teacher_head(self.teacher_backbone(v))[valid] for v in views[: global_crops(views)]
+                self.teacher_head(self.teacher_backbone(v))[valid].float()
+                for v in views[: global_crops(views)]
             ]
             targets = [F.softmax((t - self.center) / self.teacher_temp, dim=-1) for t in teacher]
         pairs = crop_pairs(views)  # (student crop, teacher crop), every crop against each other global one
@@ -175,7 +184,9 @@ class DINO(Method):
     @torch.no_grad()
     def _update_center(self, teacher: torch.Tensor) -> None:
         """c <- m c + (1 - m) mean of the teacher's outputs over every rank's valid samples."""
-        total = torch.cat([teacher.sum(0), teacher.new_tensor([len(teacher)])])
+        total = torch.cat(
+            [teacher.float().sum(0), torch.tensor([float(len(teacher))], device=teacher.device)]
+        )
         if world()[1] > 1:
             dist.all_reduce(total)
         mean = total[:-1] / total[-1].clamp_min(1)
