@@ -385,9 +385,8 @@ def run_pretrain(args: argparse.Namespace) -> int:
 
 def run_eval(args: argparse.Namespace) -> int:
     """`fastssl eval`: probe a run's backbone (and, on request, the same backbone untrained)."""
-    from fastssl.train import PretrainConfig, evaluate, load_backbone
+    from fastssl.train import PretrainConfig, build_run_backbone, evaluate, load_backbone
     from fastssl.train.evaluate import write_json
-    from fastssl.train.loop import build_run_backbone
 
     try:
         backbone, config = load_backbone(args.run)

@@ -121,15 +121,14 @@ class DINO(Method):
             norm_last_layer=norm_last_layer,
             use_bn=use_bn,
         )
+        self.teacher_backbone, self.teacher_head = momentum_copy(backbone), momentum_copy(self.head)
         if isinstance(backbone, VisionTransformer):
             backbone.set_drop_path(drop_path)
-        self.teacher_backbone, self.teacher_head = momentum_copy(backbone), momentum_copy(self.head)
-        if isinstance(self.teacher_backbone, VisionTransformer):
             self.teacher_backbone.set_drop_path(0.0)
         self.register_buffer("center", torch.zeros(1, out_dim))
         self.student_temp, self.center_momentum = student_temp, center_momentum
         self.teacher_temps = (warmup_teacher_temp, teacher_temp, warmup_teacher_temp_epochs)
-        self.teacher_temp = warmup_teacher_temp if warmup_teacher_temp_epochs > 0 else teacher_temp
+        self.on_epoch(0, 1)  # sets teacher_temp
         self.base_momentum, self.clip_grad, self.freeze_last_layer = momentum, clip_grad, freeze_last_layer
 
     def default_recipe(self, size: int) -> Recipe:
@@ -139,8 +138,8 @@ class DINO(Method):
         vit = isinstance(self.backbone, VisionTransformer)
         patch = self.backbone.patch_size if vit else 1
         local = max(patch, round(size * 96 / 224 / patch) * patch)
-        scale = PUBLISHED["vit_small" if vit else "resnet50"]["recipe_options"]["scale"]
-        return MultiCrop(size=(size, local), scale=scale, n_local=8, base=BYOLViews(size=size))
+        crops = PUBLISHED["vit_small" if vit else "resnet50"]["recipe_options"]
+        return MultiCrop(size=(size, local), base=BYOLViews(size=size), **crops)
 
     def check_recipe(self, recipe: Recipe) -> None:
         if isinstance(recipe, PatchRecipe) or recipe.num_views < 2:
@@ -175,18 +174,15 @@ class DINO(Method):
             ]
             targets = [F.softmax((t - self.center) / self.teacher_temp, dim=-1) for t in teacher]
         pairs = crop_pairs(views)  # (student crop, teacher crop), every crop against each other global one
-        loss = sum(-(targets[j] * F.log_softmax(student[i], dim=-1)).sum(-1).mean() for i, j in pairs) / len(
-            pairs
-        )
+        terms = [-(targets[j] * F.log_softmax(student[i], dim=-1)).sum(-1).mean() for i, j in pairs]
+        loss = torch.stack(terms).mean()
         self._update_center(torch.cat(teacher))
         return loss
 
     @torch.no_grad()
     def _update_center(self, teacher: torch.Tensor) -> None:
         """c <- m c + (1 - m) mean of the teacher's outputs over every rank's valid samples."""
-        total = torch.cat(
-            [teacher.float().sum(0), torch.tensor([float(len(teacher))], device=teacher.device)]
-        )
+        total = torch.cat([teacher.sum(0), teacher.new_tensor([len(teacher)])])  # float32 (see loss)
         if world()[1] > 1:
             dist.all_reduce(total)
         mean = total[:-1] / total[-1].clamp_min(1)
