@@ -24,7 +24,7 @@ from fastssl.data.remote import PipeShards, default_cache_dir, local_shard, url_
 from fastssl.data.source import ByteSource
 from fastssl.data.store import RemoteShards, is_remote
 from fastssl.host.reader import BatchReader, HostBatch, OnError
-from fastssl.recipes import PatchRecipe, Recipe, get_recipe
+from fastssl.recipes import PatchRecipe, PredictionRecipe, Recipe, get_recipe
 
 Backend = Literal["auto", "dali", "kornia"]
 
@@ -249,7 +249,7 @@ class SSLLoader:
         self.skipped: list[dict[str, Any]] = []
         self._batches_done = 0  # of the current epoch, as consumed by the caller
         self._resume: PlanState | None = None
-        self._patches: Any = None  # the patch stage of patch-grid recipes, built with the backend
+        self._stage: Any = None  # the stage after the graph of staged recipes, built with the backend
         self._plans: dict[int, EpochPlan] = {}  # by epoch: the current one and the next
         self._next_reader: BatchReader | None = None  # the next epoch's, handed to the backend ahead
         # seconds per stage, summed over batches (`profile=True`; `fastssl bench --profile`)
@@ -404,7 +404,11 @@ class SSLLoader:
             if isinstance(self.recipe, PatchRecipe):
                 from fastssl.pipelines.patch_views import PatchViews
 
-                self._patches = PatchViews(self.recipe, self.device)
+                self._stage = PatchViews(self.recipe, self.device)
+            elif isinstance(self.recipe, PredictionRecipe):
+                from fastssl.pipelines.prediction_views import PredictionViews
+
+                self._stage = PredictionViews(self.recipe, self.device)
         if self.verify_checksums:  # here, so that forked decode workers inherit the verdicts
             self._source.verify(np.unique(plan.shard))
         numbers = range(start, len(plan))
@@ -469,8 +473,8 @@ class SSLLoader:
         device = self.device
         views = [v.to(device, non_blocking=True) for v in views]
         targets: dict[str, torch.Tensor] = {}
-        if self._patches is not None:
-            views, targets, gather = self._patches(views[0], host.patch)
+        if self._stage is not None:
+            views, targets, plan = self._stage(views[0], host.stage)
         if self.recipe.dtype == "bfloat16":
             views = [v.to(torch.bfloat16) for v in views]
         batch: dict[str, Any] = {
@@ -485,10 +489,10 @@ class SSLLoader:
         batch.update(targets)
         if self.recipe.return_params:
             batch["params"] = [_params_to_torch(p, host, device) for p in host.params]
-            if self._patches is not None:
-                patch = {**host.patch, **gather}
-                batch["patch_params"] = {
-                    k: torch.from_numpy(np.ascontiguousarray(v)).to(device) for k, v in patch.items()
+            if self._stage is not None:
+                draws = {**(host.stage or {}), **plan}
+                batch[self._stage.params_key] = {
+                    k: torch.from_numpy(np.ascontiguousarray(v)).to(device) for k, v in draws.items()
                 }
         return batch
 

@@ -143,7 +143,7 @@ class _DecodedBatches(torch.utils.data.Dataset):
             # from the traceback text, which loses its shard and key attributes
             return err
         if not np.array_equal(valid, batch.valid):  # a decode failure: no tiles borrowed from it
-            self.reader.draw_patches(batch)
+            self.reader.draw_stage(batch)
         batch.jpegs = []  # the bytes stay in the worker
         return batch, views
 

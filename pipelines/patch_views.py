@@ -80,6 +80,8 @@ def to_luma(tiles: torch.Tensor, gray: torch.Tensor) -> torch.Tensor:
 class PatchViews:
     """Base views (B, 3, H, W) uint8 and patch draws in; the task's views and targets out."""
 
+    params_key = "patch_params"
+
     def __init__(
         self, recipe: PatchRecipe, device: torch.device | str = "cpu", engine: Engine = "auto"
     ) -> None:

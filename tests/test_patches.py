@@ -334,16 +334,16 @@ def test_a_sample_found_undecodable_lends_no_tile_and_both_backends_agree(photo_
     recipe = JigsawPP(max_replaced=8)  # many foreign tiles, so every sample is a likely donor
     kornia_like = BatchReader(manifest, plan, recipe, on_error="skip")
     batch = kornia_like(0)
-    bad = int(np.flatnonzero(batch.patch["donor"] >= 0)[0])  # a sample that lends a tile
-    lender = int(batch.patch["donor"][bad][batch.patch["replaced"][bad]][0])
+    bad = int(np.flatnonzero(batch.stage["donor"] >= 0)[0])  # a sample that lends a tile
+    lender = int(batch.stage["donor"][bad][batch.stage["replaced"][bad]][0])
     batch.valid[lender] = False  # as decode_views marks a sample it cannot decode
-    kornia_like.draw_patches(batch)
-    assert not np.any(batch.patch["donor"] == lender)
+    kornia_like.draw_stage(batch)
+    assert not np.any(batch.stage["donor"] == lender)
     dali_like = BatchReader(manifest, plan, recipe, on_error="skip")  # knows it at read time
     dali_like.substitute.add((batch.shards[lender], batch.keys[lender]))
     again = dali_like(0)
-    for name, value in batch.patch.items():
-        np.testing.assert_array_equal(value, again.patch[name], err_msg=name)
+    for name, value in batch.stage.items():
+        np.testing.assert_array_equal(value, again.stage[name], err_msg=name)
 
 
 def test_resume_continues_the_same_tiles(photo_shards, backend):

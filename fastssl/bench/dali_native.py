@@ -20,13 +20,13 @@ from typing import Any
 import numpy as np
 
 from fastssl.data.manifest import Manifest
-from fastssl.recipes import PatchRecipe, Recipe
+from fastssl.recipes import Recipe, StagedRecipe
 
 
 def supports(recipe: Recipe) -> bool:
     """Whole-image recipes whose views are random resized crops without rotation: those DALI's
     documented ops express one for one."""
-    if isinstance(recipe, PatchRecipe):
+    if isinstance(recipe, StagedRecipe):
         return False
     return all(spec.crop == "random_resized" and spec.rotation == 0 for spec in recipe.views())
 

@@ -123,7 +123,7 @@ def run_child(name: str, config: dict) -> dict:
 
     from fastssl.data.manifest import Manifest
     from fastssl.loader import resolve_data
-    from fastssl.recipes import PatchRecipe, get_recipe
+    from fastssl.recipes import PatchRecipe, PredictionRecipe, get_recipe
 
     torch.set_num_threads(max(1, config["workers"]))
     recipe = get_recipe(config["recipe"])
@@ -181,6 +181,10 @@ def run_child(name: str, config: dict) -> dict:
         return result
     from fastssl.bench.baseline import DecodeOnlyDataset, PilRecipeDataset, baseline_uses_torchvision
 
+    if name == "baseline" and isinstance(recipe, PredictionRecipe):
+        raise ValueError(
+            f"no baseline reproduces the {recipe.name} recipe's prediction stage; time it with --only fastssl"
+        )
     if name != "baseline":
         dataset = DecodeOnlyDataset(manifest)
     elif isinstance(recipe, PatchRecipe):

@@ -16,14 +16,15 @@ from PIL import Image
 
 from fastssl.bench.baseline import RecipeViews
 from fastssl.data.manifest import Manifest
-from fastssl.recipes import PatchRecipe, Recipe
+from fastssl.recipes import Recipe, StagedRecipe
 
 SHUFFLE_BUFFER = 1000  # samples; WebDataset's README example's value
 
 
 def supports(recipe: Recipe) -> bool:
-    """Whole-image recipes: the patch-grid ones have no like-for-like WebDataset pipeline here."""
-    return not isinstance(recipe, PatchRecipe)
+    """Whole-image recipes: the staged ones (patch grids, prediction pretexts) have no
+    like-for-like WebDataset pipeline here."""
+    return not isinstance(recipe, StagedRecipe)
 
 
 class _ViewsOf:

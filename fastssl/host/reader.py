@@ -29,10 +29,11 @@ from fastssl.data.source import ByteSource
 from fastssl.errors import DataError, DecodeError
 from fastssl.host.params import sample_params
 from fastssl.host.patch_params import sample_patch_params
+from fastssl.host.prediction_params import sample_prediction_params
 from fastssl.host.slots import Slot
 from fastssl.kernels.jpeg_header import OK, jpeg_facts
 from fastssl.kernels.labels import parse_labels
-from fastssl.recipes import PatchRecipe, Recipe
+from fastssl.recipes import PatchRecipe, PredictionRecipe, Recipe
 
 OnError = Literal["raise", "skip"]
 
@@ -49,8 +50,8 @@ _PLACEHOLDER_ARRAY = np.frombuffer(PLACEHOLDER, dtype=np.uint8)
 
 @dataclass
 class HostBatch:
-    """One batch before decoding. `params` holds one dict of NumPy arrays per view; `patch` the
-    patch-grid draws of patch recipes (`fastssl.host.patch_params`), else None."""
+    """One batch before decoding. `params` holds one dict of NumPy arrays per view; `stage` the
+    draws of a staged recipe's stage (`fastssl.host.patch_params`, `.prediction_params`), else None."""
 
     number: int
     jpegs: list[np.ndarray]  # empty for a batch built into a slot: its bytes are the slot's rows
@@ -62,7 +63,7 @@ class HostBatch:
     valid: np.ndarray
     params: list[dict[str, np.ndarray]]
     skipped: list[dict[str, str]] = field(default_factory=list)
-    patch: dict[str, np.ndarray] | None = None
+    stage: dict[str, np.ndarray] | None = None
     sample_ids: np.ndarray | None = None  # global sample ids, the key of every random draw
     sizes: np.ndarray | None = None  # bytes of each JPEG
     fed: object = None  # what a backend handed to its decoder from this batch, kept alive with it
@@ -188,7 +189,7 @@ class BatchReader:
         batch = HostBatch(number, jpegs, heights, widths, keys, shards, labels, valid, params, skipped)
         batch.sample_ids = np.asarray(entries.global_id, dtype=np.int64)
         batch.sizes = sizes
-        self.draw_patches(batch)
+        self.draw_stage(batch)
         lap("params")
         if timed:
             for name, value in stages.items():
@@ -232,12 +233,16 @@ class BatchReader:
             label = parse_label(label_bytes.tobytes(), shard=shard_name, key=key)
         return jpeg, height, width, label
 
-    def draw_patches(self, batch: HostBatch) -> None:
-        """(Re)draw the patch recipe's draws from the batch's current `valid` flags: called again
+    def draw_stage(self, batch: HostBatch) -> None:
+        """(Re)draw the staged recipe's draws from the batch's current `valid` flags: called again
         when decoding marks a sample invalid, so that Jigsaw++ never borrows a placeholder's tile
         and every backend ends with the same draws as one that knew it at read time."""
-        if isinstance(self.recipe, PatchRecipe):
-            batch.patch = sample_patch_params(
+        if isinstance(self.recipe, PredictionRecipe):
+            batch.stage = sample_prediction_params(
+                self.recipe, seed=self.plan.seed, epoch=self.plan.epoch, sample_ids=batch.sample_ids
+            )
+        elif isinstance(self.recipe, PatchRecipe):
+            batch.stage = sample_patch_params(
                 self.recipe,
                 seed=self.plan.seed,
                 epoch=self.plan.epoch,

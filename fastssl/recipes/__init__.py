@@ -2,7 +2,9 @@
 
 `fastssl.recipes.views` holds the whole-image recipes (SimCLR, MoCo v2, BYOL, multi-crop, rotation,
 crop), `fastssl.recipes.patches` the patch-grid pretext recipes (jigsaw, Jigsaw++, context
-prediction, CPC patch grid). Every recipe is registered here by name, for the CLI and the docs.
+prediction, CPC patch grid), `fastssl.recipes.prediction` the data-prediction pretexts
+(colorization, inpainting, super-resolution). Every recipe is registered here by name, for the CLI
+and the docs.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from fastssl.recipes.patches import (
     PatchRecipe,
     PatchSpec,
 )
+from fastssl.recipes.prediction import Colorization, Inpainting, PredictionRecipe, SuperResolution
 from fastssl.recipes.views import (
     BYOL,
     DTYPES,
@@ -28,6 +31,7 @@ from fastssl.recipes.views import (
     Recipe,
     Rotation,
     SimCLR,
+    StagedRecipe,
     TwoViewRecipe,
     ViewSpec,
 )
@@ -46,13 +50,17 @@ RECIPES: dict[str, type[Recipe]] = {
         JigsawPP,
         ContextPrediction,
         PatchGrid,
+        Colorization,
+        Inpainting,
+        SuperResolution,
     )
 }
 
 __all__ = [
-    "BYOL", "DTYPES", "IMAGENET_MEAN", "IMAGENET_STD", "RECIPES", "SHAREABLE", "Center", "ContextPrediction",
-    "Crop", "Jigsaw", "JigsawPP", "MoCoV2", "MultiCrop", "PatchGrid", "PatchRecipe", "PatchSpec", "Recipe",
-    "Rotation", "SimCLR", "TwoViewRecipe", "ViewSpec", "get_recipe",
+    "BYOL", "Center", "Colorization", "ContextPrediction", "Crop", "DTYPES", "IMAGENET_MEAN",
+    "IMAGENET_STD", "Inpainting", "Jigsaw", "JigsawPP", "MoCoV2", "MultiCrop", "PatchGrid",
+    "PatchRecipe", "PatchSpec", "PredictionRecipe", "RECIPES", "Recipe", "Rotation", "SHAREABLE",
+    "SimCLR", "StagedRecipe", "SuperResolution", "TwoViewRecipe", "ViewSpec", "get_recipe",
 ]  # fmt: skip
 
 

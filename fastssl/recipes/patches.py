@@ -19,7 +19,7 @@ from typing import ClassVar, Literal
 
 import numpy as np
 
-from fastssl.recipes.views import Dtype, Recipe, ViewSpec
+from fastssl.recipes.views import Recipe, StagedRecipe, ViewSpec
 
 TileNorm = Literal["tile", "image"]
 ContextColour = Literal["drop", "project", "none"]
@@ -100,7 +100,7 @@ class PatchSpec:
 
 
 @dataclass(frozen=True)
-class PatchRecipe(Recipe):
+class PatchRecipe(StagedRecipe):
     """A base view and the tiles cut from it. Subclasses set the task's outputs."""
 
     name: ClassVar[str] = "patches"
@@ -138,10 +138,6 @@ class PatchRecipe(Recipe):
 
     def patches(self) -> PatchSpec:
         return PatchSpec(self.grid, self.stride, self.tile, self.gap, self.channel_shift)
-
-    @property
-    def view_dtype(self) -> Dtype:
-        return "uint8"  # tiles are normalised after cutting, not the base view
 
 
 @dataclass(frozen=True)

@@ -145,6 +145,20 @@ class Recipe:
 
 
 @dataclass(frozen=True)
+class StagedRecipe(Recipe):
+    """A recipe whose graph makes one uint8 base view that a stage after the graph, on the loader's
+    device, turns into the task's views and targets: the patch grids (`fastssl.recipes.patches`)
+    and the data-prediction pretexts (`fastssl.recipes.prediction`). Both view backends feed the
+    same stage, so every backend gives the same layout."""
+
+    name: ClassVar[str] = "staged"
+
+    @property
+    def view_dtype(self) -> Dtype:
+        return "uint8"  # the stage normalises what it cuts or computes, not the base view
+
+
+@dataclass(frozen=True)
 class TwoViewRecipe(Recipe):
     """Two views drawn from the same distribution (SimCLR, MoCo v2)."""
 

@@ -9,7 +9,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from fastssl.recipes import MultiCrop, PatchRecipe, Recipe
+from fastssl.recipes import MultiCrop, Recipe, StagedRecipe
 
 
 class Method(nn.Module):
@@ -97,7 +97,7 @@ def require_recipe(method: str, recipe: Recipe, kind: type[Recipe]) -> None:
 
 def refuse_multi_crop(method: str, recipe: Recipe) -> None:
     """Raise a ValueError naming `method` when `recipe` makes crops of more than one size."""
-    sizes = {spec.size for spec in recipe.views()} if not isinstance(recipe, PatchRecipe) else set()
+    sizes = {spec.size for spec in recipe.views()} if not isinstance(recipe, StagedRecipe) else set()
     if isinstance(recipe, MultiCrop) or len(sizes) > 1:
         raise ValueError(
             f"{method} trains on one kind of view and takes no multi-crop recipe ({recipe.name}); "

@@ -15,7 +15,7 @@ from torch import nn
 from torch.nn.utils.parametrizations import weight_norm
 
 from fastssl.recipes import BYOL as BYOLViews
-from fastssl.recipes import MultiCrop, PatchRecipe, Recipe
+from fastssl.recipes import MultiCrop, Recipe, StagedRecipe
 from fastssl.train.distributed import world
 from fastssl.train.methods.base import Method, crop_pairs, ema_update, global_crops, momentum_copy, valid_mask
 from fastssl.train.optim import cosine_momentum
@@ -142,7 +142,7 @@ class DINO(Method):
         return MultiCrop(size=(size, local), base=BYOLViews(size=size), **crops)
 
     def check_recipe(self, recipe: Recipe) -> None:
-        if isinstance(recipe, PatchRecipe) or recipe.num_views < 2:
+        if isinstance(recipe, StagedRecipe) or recipe.num_views < 2:
             raise ValueError(f"dino needs at least two crops of each image; recipe {recipe.name!r} has one")
         if isinstance(recipe, MultiCrop) and recipe.n_local and recipe.size[1] == recipe.size[0]:
             raise ValueError(  # global crops are told apart by their size (methods.base.global_crops)
