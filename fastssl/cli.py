@@ -307,6 +307,25 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", type=Path, default=None, help="write the results here")
 
 
+def _add_colour_prior(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "colour-prior",
+        help="measure a shard set's ab colour distribution for colorization's class rebalancing",
+        description=(
+            "Count the nearest ab bin of every target pixel of the colourful images of SHARDS, as "
+            "the colorization recipe crops them, smooth the counts over the ab plane (Gaussian, "
+            "sigma 5) and save the (Q,) prior; train with `--method-option prior=PATH`."
+        ),
+    )
+    p.add_argument("data", help="shard folder, manifest.json or remote URL")
+    p.add_argument("--out", type=Path, required=True, help="the .npy file to write")
+    p.add_argument("--size", type=_positive, default=176, help="crop side, as training's (176)")
+    p.add_argument("--batch-size", type=_positive, default=64)
+    p.add_argument("--sigma", type=_positive_float, default=5.0, help="smoothing in ab units (5)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--backend", choices=("auto", "dali", "kornia"), default="auto")
+
+
 def _add_fashion_mnist(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "fashion-mnist",
@@ -334,6 +353,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_perms(sub)
     _add_pretrain(sub)
     _add_eval(sub)
+    _add_colour_prior(sub)
     _add_fashion_mnist(sub)
     return parser
 
@@ -415,6 +435,7 @@ def main(argv: list[str] | None = None) -> int:
         "perms": commands.run_perms,
         "pretrain": commands.run_pretrain,
         "eval": commands.run_eval,
+        "colour-prior": commands.run_colour_prior,
         "fashion-mnist": commands.run_fashion_mnist,
     }[args.command]
     return handler(args)

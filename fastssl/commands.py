@@ -395,10 +395,16 @@ def run_eval(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     probes = ("knn", "linear") if args.probe == "both" else (args.probe,)
     size = args.size or config["size"]
+    from fastssl.train.methods import METHODS
+
+    probe_input = METHODS[config["method"]].probe_input  # colorization's backbone sees lightness
     common = dict(
-        size=size, test_data=args.test_data, probes=probes, device=args.device, backend=args.backend
-    )
-    result = {"run": str(args.run), "method": config["method"], "backbone": config["backbone"]}
+        size=size, test_data=args.test_data, probes=probes, device=args.device, backend=args.backend,
+        input=probe_input,
+    )  # fmt: skip
+    result = {
+        "run": str(args.run), "method": config["method"], "backbone": config["backbone"], "input": probe_input
+    }  # fmt: skip
     result["trained"] = evaluate(backbone, args.data, **common)
     if args.random_init:
         untrained, _ = build_run_backbone(PretrainConfig(**config))
@@ -411,6 +417,33 @@ def run_eval(args: argparse.Namespace) -> int:
     if args.json:
         write_json(args.json, result)
         print(f"wrote {args.json}")
+    return EXIT_OK
+
+
+def run_colour_prior(args: argparse.Namespace) -> int:
+    """`fastssl colour-prior`: a shard set's smoothed ab distribution, for colorization."""
+    from fastssl.recipes import Colorization
+    from fastssl.train.colour_prior import colour_prior, write_prior
+
+    try:
+        recipe = Colorization().resized(args.size)
+        prior, seen = colour_prior(
+            args.data, recipe=recipe, batch_size=args.batch_size, device=args.device,
+            backend=args.backend, sigma=args.sigma,
+        )  # fmt: skip
+    except (ValueError, FileNotFoundError) as err:
+        _err(str(err))
+        return EXIT_FAILED
+    write_prior(prior, args.out)
+    top = prior.argsort()[::-1][:3]
+    from fastssl.pipelines.lab import ab_bins
+
+    common = ", ".join(f"ab {tuple(int(v) for v in ab_bins()[i])}: {prior[i]:.3f}" for i in top)
+    print(
+        f"{seen['colourful']} of {seen['images']} images colourful, {seen['pixels']} pixels over "
+        f"{len(prior)} bins; most common {common}"
+    )
+    print(f"wrote {args.out}")
     return EXIT_OK
 
 

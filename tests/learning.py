@@ -86,19 +86,49 @@ VARIANTS: dict[str, dict[str, Any]] = {
         "recipe_options": {"size": SIZE, "resize": SIZE, "grid": (5, 5), "stride": 5, "tile": 8},
         "epochs": 4, "margin": {"linear": 0.02},
     },
+    # the central 14 px of the 28 px image, its hole 10 px inside a 2 px overlap band
+    "inpainting": {
+        "method": "inpainting", "recipe_options": {"size": SIZE, "resize": SIZE, "overlap": 2},
+        "epochs": 4, "margin": {"linear": 0.02},
+    },
+    # on the demo corpus's photos (`demo_data`): 64 px crops of images resized to 93 px, the ab
+    # target at 16 px; without class rebalancing (see DEMO_NOTE); AdamW as the paper's Adam
+    "colorization": {
+        "method": "colorization", "size": 64, "optimizer": "adamw", "lr": 3e-3, "weight_decay": 1e-3,
+        "batch_size": 32, "epochs": 6, "margin": {"linear": 0.02, "bin_accuracy": 0.0}, "data": "demo",
+    },
+    # 48 px HR crops of the demo photos and their 12 px bicubic reductions, the EDSR encoder 16 wide
+    "superres": {
+        "method": "superres", "backbone": "edsr", "size": 48, "optimizer": "adamw", "lr": 1e-3,
+        "weight_decay": 0.0, "batch_size": 16, "epochs": 4, "margin": {"psnr_db": 0.2}, "data": "demo",
+    },
 }  # fmt: skip
-# what tests/test_learning.py asserts learning for: every multi-crop variant, two-crop SimCLR
-# and the patch pretexts
-TESTED = ("simclr", "simclr-mc", "mocov2-mc", "mocov3-mc", "byol-mc", "dino-mc", "context", "cpc")
+# the demo-corpus variants train without colour rebalancing: rebalancing trades per-pixel bin
+# accuracy for rare colours (Zhang et al. report the same), and the test asserts per-pixel accuracy
+DEMO_NOTE = "colorization's test run has no prior; benchmarks/bench_learning.py --prior adds one"
+DEMO_IMAGES = {"train": 400, "test": 150}  # two demo corpora of the same photos, other crops
+# what tests/test_learning.py asserts learning for on Fashion-MNIST: every multi-crop variant,
+# two-crop SimCLR, the patch pretexts and inpainting (colorization and super-resolution: on photos)
+TESTED = (
+    "simclr",
+    "simclr-mc",
+    "mocov2-mc",
+    "mocov3-mc",
+    "byol-mc",
+    "dino-mc",
+    "context",
+    "cpc",
+    "inpainting",
+)
 COMMON = {"backbone": "small_cnn", "width": 16, "batch_size": 64, "size": SIZE, "lr": 0.1, "num_threads": 2}
 
 
 def config(
     name: str, data: dict[str, Path], out: Path, *, epochs: int | None = None, changes: dict | None = None
 ) -> PretrainConfig:
-    """The PretrainConfig of variant `name` on the written Fashion-MNIST `data`; `changes` set
-    fields, "method_options.X" and "recipe_options.X" one option."""
-    fields = {**COMMON, **{k: v for k, v in VARIANTS[name].items() if k not in ("epochs", "margin")}}
+    """The PretrainConfig of variant `name` on the written Fashion-MNIST or demo `data`; `changes`
+    set fields, "method_options.X" and "recipe_options.X" one option."""
+    fields = {**COMMON, **{k: v for k, v in VARIANTS[name].items() if k not in ("epochs", "margin", "data")}}
     for key, value in (changes or {}).items():
         group, _, option = key.partition(".")
         if option:
@@ -139,3 +169,82 @@ def baseline_scores(data: dict[str, Path]) -> dict[str, Any]:
     """The probes on the backbone every variant starts from (one seed, one initialisation: the
     backbone is built first, before any head), computed once per data set."""
     return _baseline(str(data["train"]), str(data["test"]))
+
+
+def demo_data(root: Path) -> dict[str, Path]:
+    """Train and held-out shard sets of the demo corpus (`DEMO_IMAGES`), labelled by source photo."""
+    from tests.shardsets import demo_shard_set
+
+    return {
+        split: demo_shard_set(root / split, num_images=count, seed=seed, shard_size=100)
+        for (split, count), seed in zip(DEMO_IMAGES.items(), (1, 2), strict=True)
+    }
+
+
+def colorization_scores(run: Path, data: dict[str, Path], *, baseline: bool = False) -> dict[str, Any]:
+    """On the held-out photos: the share of colourful pixels whose most likely bin is their
+    colour's nearest (`bin_accuracy`), the same share for always answering the training prior's
+    most common bin (`prior_mode_accuracy`), and linear-probe / kNN accuracy of the L-input
+    features (`baseline`: also of the same backbone at random initialisation)."""
+    from fastssl.pipelines.lab import ab_bins, nearest_bin
+
+    from fastssl import SSLLoader
+    from fastssl.train.colour_prior import colour_prior
+
+    method, config = _trained_method(run)
+    recipe = method.default_recipe(config.size)
+    prior, _ = colour_prior(str(data["train"]), recipe=recipe, device="cpu", num_threads=2)
+    bins, mode = torch.from_numpy(ab_bins().copy()), int(prior.argmax())
+    hits = mode_hits = total = 0
+    with SSLLoader(
+        str(data["test"]), recipe, 64, device="cpu", shuffle=False, drop_last=False, num_threads=2
+    ) as loader, torch.no_grad():
+        for batch in loader:
+            keep = batch["valid"] & batch["colourful"]
+            nearest = nearest_bin(batch["ab"], bins)[keep]
+            predicted = method.logits(batch["views"][0], batch["ab"].shape[-2:]).argmax(1)[keep]
+            hits, mode_hits = (
+                hits + int((predicted == nearest).sum()),
+                mode_hits + int((nearest == mode).sum()),
+            )
+            total += nearest.numel()
+    probe = dict(size=config.size, test_data=str(data["test"]), input="lightness")
+    out = {"bin_accuracy": hits / total, "prior_mode_accuracy": mode_hits / total}
+    out["trained"] = evaluate(method.backbone, str(data["train"]), **probe)
+    if baseline:
+        out["random_init"] = evaluate(build_run_backbone(config)[0], str(data["train"]), **probe)
+    return out
+
+
+@torch.no_grad()
+def superres_scores(run: Path, data: dict[str, Path]) -> dict[str, float]:
+    """Mean PSNR (Y channel, 4 px shaved) on the held-out photos of the trained network and of
+    bicubic upsampling with the recipe's own bicubic."""
+    from fastssl import SSLLoader
+    from fastssl.train.methods.superres import psnr_y
+
+    method, config = _trained_method(run)
+    recipe = method.default_recipe(config.size)
+    method.check_recipe(recipe)
+    totals, count = {"psnr": 0.0, "bicubic_psnr": 0.0}, 0
+    with SSLLoader(
+        str(data["test"]), recipe, 64, device="cpu", shuffle=False, drop_last=False, num_threads=2
+    ) as loader:
+        for batch in loader:
+            low, high = batch["views"][0][batch["valid"]], batch["hr"][batch["valid"]]
+            totals["psnr"] += float(psnr_y(method.predict(low, high.shape[-2:]), high).sum())
+            totals["bicubic_psnr"] += float(psnr_y(method.baseline(low, high.shape[-2:]), high).sum())
+            count += len(high)
+    return {name: value / count for name, value in totals.items()}
+
+
+def _trained_method(run: Path) -> tuple[Any, PretrainConfig]:
+    """The whole trained method of a run (heads and decoders too), in eval mode, and its config."""
+    from fastssl.train.checkpoint import load_checkpoint
+    from fastssl.train.loop import CHECKPOINT, build_method
+
+    state = load_checkpoint(run / CHECKPOINT)
+    config = PretrainConfig(**state["config"])
+    method = build_method(config)
+    method.load_state_dict(state["model"])
+    return method.eval(), config

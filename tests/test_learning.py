@@ -11,7 +11,16 @@ from pathlib import Path
 import pytest
 
 from fastssl.data import fashion_mnist
-from tests.learning import TESTED, VARIANTS, baseline_scores, pretrain_variant, scores
+from tests.learning import (
+    TESTED,
+    VARIANTS,
+    baseline_scores,
+    colorization_scores,
+    demo_data,
+    pretrain_variant,
+    scores,
+    superres_scores,
+)
 
 pytestmark = pytest.mark.skipif(
     not fashion_mnist.available(),
@@ -32,3 +41,25 @@ def test_pretraining_beats_random_init(data, tmp_path, name) -> None:
     print(f"{name} on Fashion-MNIST 2000/1000: trained {learned}, random init {baseline}")
     for probe, margin in VARIANTS[name]["margin"].items():
         assert learned[probe] > baseline[probe] + margin, f"{probe}: {learned[probe]} vs {baseline[probe]}"
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    return demo_data(tmp_path_factory.mktemp("demo-photos"))
+
+
+def test_colorization_predicts_colours_and_learns_lightness_features(photos, tmp_path) -> None:
+    run = pretrain_variant("colorization", photos, tmp_path / "colorization")
+    result = colorization_scores(run, photos, baseline=True)
+    print(f"colorization on held-out demo photos: {result}")
+    margin = VARIANTS["colorization"]["margin"]
+    assert result["bin_accuracy"] > result["prior_mode_accuracy"] + margin["bin_accuracy"]
+    trained, untrained = result["trained"]["linear"], result["random_init"]["linear"]
+    assert trained > untrained + margin["linear"], f"linear probe: {trained} vs {untrained}"
+    assert (run / "pictures" / "epoch-005.png").exists()
+
+
+def test_superres_beats_bicubic_on_held_out_photos(photos, tmp_path) -> None:
+    result = superres_scores(pretrain_variant("superres", photos, tmp_path / "superres"), photos)
+    print(f"super-resolution x4 on held-out demo photos: {result}")
+    assert result["psnr"] > result["bicubic_psnr"] + VARIANTS["superres"]["margin"]["psnr_db"]

@@ -1,6 +1,7 @@
 """Backbones for pretraining: ResNet-18/50 (torchvision's when it imports, else a faithful local
 definition of the same architecture), ViT-Tiny/Small/Base of any patch size (`fastssl.train.vit`),
-a small CNN for CPU runs, or any `nn.Module` a user passes.
+a small CNN for CPU runs, an EDSR-style network that keeps the input's resolution (the
+super-resolution pretext's encoder), or any `nn.Module` a user passes.
 
 Every builder returns the network with its classifier removed and the width of its feature vector,
 which is what the method heads and the evaluation probes need.
@@ -8,11 +9,13 @@ which is what the method heads and the evaluation probes need.
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 
 from fastssl.train.vit import VIT_SIZES, vit
 
-BACKBONES = ("resnet18", "resnet50", "small_cnn", "vit_tiny", "vit_small", "vit_base")
+BACKBONES = ("resnet18", "resnet50", "small_cnn", "edsr", "vit_tiny", "vit_small", "vit_base")
+EDSR_BLOCKS = 16  # EDSR's baseline (Lim et al. 2017, section 3.2): 16 residual blocks
 
 
 class BasicBlock(nn.Module):
@@ -90,9 +93,46 @@ class ResNet(nn.Module):
                 nn.init.zeros_(m.bias)
 
     def forward(self, x):  # noqa: ANN001, ANN201 - torch module
+        return self.avgpool(self.feature_map(x)).flatten(1)
+
+    def feature_map(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, H / 32, W / 32): the last stage's output before pooling (dense pretexts)."""
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
-        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
-        return self.avgpool(x).flatten(1)
+        return self.layer4(self.layer3(self.layer2(self.layer1(x))))
+
+
+class ResidualBlock(nn.Module):
+    """EDSR's block: conv-ReLU-conv and the input added back, no batch norm (Lim et al. 2017, fig. 2)."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(width, width, 3, padding=1),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(width, width, 3, padding=1),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.body(x)
+
+
+class EDSR(nn.Module):
+    """EDSR's encoder (Lim et al. 2017): a head conv, `blocks` residual blocks, a conv and a long
+    skip, all at the input's resolution; (B, 3, H, W) -> (B, width) by global average pooling, and
+    `feature_map` the (B, width, H, W) map the super-resolution pretext upsamples."""
+
+    def __init__(self, width: int = 64, blocks: int = EDSR_BLOCKS) -> None:
+        super().__init__()
+        self.head = nn.Conv2d(3, width, 3, padding=1)
+        self.body = nn.Sequential(*[ResidualBlock(width) for _ in range(blocks)])
+        self.tail = nn.Conv2d(width, width, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.feature_map(x).mean(dim=(2, 3))
+
+    def feature_map(self, x: torch.Tensor) -> torch.Tensor:
+        head = self.head(x)
+        return head + self.tail(self.body(head))
 
 
 def small_cnn(width: int = 32) -> nn.Module:
@@ -124,10 +164,9 @@ def build_backbone(
 ) -> tuple[nn.Module, int]:
     """(network without classifier, feature width) for a name in BACKBONES or a user's module
     (whose feature width is found by running it once on a 2x3x64x64 input). `width` sizes the
-    small CNN; `patch_size` and `image_size` (the side its position embedding is made for) a ViT."""
+    small CNN and the EDSR encoder; `patch_size` and `image_size` (the side its position embedding
+    is made for) a ViT."""
     if isinstance(backbone, nn.Module):
-        import torch
-
         was_training = backbone.training
         backbone.eval()
         with torch.no_grad():
@@ -136,6 +175,8 @@ def build_backbone(
         return backbone, dim
     if backbone == "small_cnn":
         return small_cnn(width), 4 * width
+    if backbone == "edsr":
+        return EDSR(width), width
     if backbone in VIT_SIZES:
         model = vit(backbone, patch_size=patch_size, img_size=image_size)
         return model, model.embed_dim

@@ -14,8 +14,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from fastssl.loader import SSLLoader
+from fastssl.pipelines.lab import lightness as lab_lightness
 from fastssl.recipes import Center
 from fastssl.train.checkpoint import load_checkpoint
+from fastssl.train.methods.colorization import lightness_input
+
+INPUTS = ("rgb", "lightness")
 
 
 @torch.no_grad()
@@ -28,11 +32,18 @@ def extract_features(
     backend: str = "auto",
     batch_size: int = 256,
     num_threads: int | None = None,
+    input: str = "rgb",
 ) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
     """(features (N, d) float32 on the CPU, labels (N,), keys) of every sample, from one centre view
-    (shorter side resized to size * 8 / 7, centre crop), in the data set's own order."""
+    (shorter side resized to size * 8 / 7, centre crop), in the data set's own order. `input`
+    "lightness" feeds the backbone the view's CIE L* as colorization trained it, not RGB."""
+    if input not in INPUTS:
+        raise ValueError(f"input must be one of {INPUTS}, got {input!r}")
     device = torch.device(device)
-    recipe = Center(size=size, resize=max(size, round(size * 8 / 7)))
+    lightness = input == "lightness"
+    recipe = Center(
+        size=size, resize=max(size, round(size * 8 / 7)), dtype="uint8" if lightness else "float32"
+    )
     backbone = backbone.to(device).eval()
     feats, labels, keys = [], [], []
     with SSLLoader(
@@ -43,7 +54,10 @@ def extract_features(
             raise ValueError("evaluation needs labelled shards (a manifest with classes)")
         for batch in loader:
             keep = batch["valid"].cpu()
-            feats.append(backbone(batch["views"][0]).float().cpu()[keep])
+            view = batch["views"][0]
+            if lightness:
+                view = lightness_input(lab_lightness(view.float() / 255))
+            feats.append(backbone(view).float().cpu()[keep])
             labels.append(batch["label"].cpu()[keep])
             keys += [k for k, ok in zip(batch["key"], keep.tolist(), strict=True) if ok]
     return torch.cat(feats), torch.cat(labels), keys
@@ -95,11 +109,12 @@ def linear_probe_accuracy(
         probe.bias.zero_()
     optimizer = torch.optim.SGD(probe.parameters(), lr=lr, momentum=0.9, weight_decay=weight_decay)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, epochs)
-    for _ in range(epochs):
-        optimizer.zero_grad()
-        F.cross_entropy(probe(x), train_labels).backward()
-        optimizer.step()
-        schedule.step()
+    with torch.enable_grad():  # trains even when called under no_grad
+        for _ in range(epochs):
+            optimizer.zero_grad()
+            F.cross_entropy(probe(x), train_labels).backward()
+            optimizer.step()
+            schedule.step()
     with torch.no_grad():
         return float((probe(x_test).argmax(1) == test_labels).float().mean())
 
@@ -130,14 +145,14 @@ def evaluate(
     probes: tuple[str, ...] = ("knn", "linear"),
     device: torch.device | str = "cpu",
     backend: str = "auto",
+    input: str = "rgb",
 ) -> dict[str, Any]:
     """Accuracies of the requested probes: trained on `data`, tested on `test_data` (or on a fixed
-    20% of `data` split by key when no test set is given)."""
-    feats, labels, keys = extract_features(backbone, data, size=size, device=device, backend=backend)
+    20% of `data` split by key when no test set is given); `input` as `extract_features`."""
+    common = dict(size=size, device=device, backend=backend, input=input)
+    feats, labels, keys = extract_features(backbone, data, **common)
     if test_data is not None:
-        test_feats, test_labels, _ = extract_features(
-            backbone, test_data, size=size, device=device, backend=backend
-        )
+        test_feats, test_labels, _ = extract_features(backbone, test_data, **common)
         train_feats, train_labels = feats, labels
     else:
         is_test = torch.from_numpy(split_by_key(keys))

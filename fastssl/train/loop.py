@@ -265,6 +265,25 @@ def _plot_loss(out: Path) -> Path | None:
     return out / "loss.png"
 
 
+def _save_pictures(
+    method: Method, batch: dict[str, Any], out: Path, epoch: int, autocast: Any
+) -> Path | None:
+    """RUN/pictures/epoch-NNN.png: what the method makes of the epoch's last batch (input | target
+    | prediction, one sample a row), for the methods whose outputs are pictures."""
+    from fastssl.train.dense import save_grid
+
+    was_training = method.training
+    method.eval()
+    try:
+        with torch.no_grad(), autocast:
+            columns = method.pictures(batch)
+    finally:
+        method.train(was_training)
+    if columns is None:
+        return None
+    return save_grid(columns, out / "pictures" / f"epoch-{epoch:03d}.png")
+
+
 def _clear_stale_temporaries(checkpoint: Path) -> None:
     """Remove a killed writer's temporary checkpoints and say so on stderr, as they are the run's own."""
     removed, kept = remove_stale_temporaries(checkpoint)
@@ -409,7 +428,9 @@ def pretrain(config: PretrainConfig) -> dict[str, Any]:
             epoch = loader.epoch
             model.train()
             method.on_epoch(epoch, config.epochs)
+            batch_seen = None  # the epoch's last batch, for the pictures a pretext draws of it
             for batch in loader:
+                batch_seen = batch
                 now = time.perf_counter()
                 waited += now - last
                 with autocast:
@@ -470,6 +491,8 @@ def pretrain(config: PretrainConfig) -> dict[str, Any]:
                     save()
                     stop = True
                     break
+            if rank == 0 and batch_seen is not None:
+                _save_pictures(method, batch_seen, out, epoch, autocast)
             if not stop:
                 save()  # the end of an epoch
     finally:

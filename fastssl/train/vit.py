@@ -150,6 +150,10 @@ class VisionTransformer(nn.Module):
         return torch.cat([self.pos_embed[:, :1], grid.permute(0, 2, 3, 1).reshape(1, height * width, -1)], 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.tokens(x)[:, 0]
+
+    def tokens(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 1 + patches, dim): the final norm's class token and patch tokens."""
         h, w = x.shape[-2:]
         if h % self.patch_size or w % self.patch_size:
             raise ValueError(f"a {h}x{w} input is not a whole number of {self.patch_size} px patches")
@@ -158,7 +162,12 @@ class VisionTransformer(nn.Module):
         tokens = tokens + self.position_embedding(h // self.patch_size, w // self.patch_size)
         for block in self.blocks:
             tokens = block(tokens)
-        return self.norm(tokens)[:, 0]
+        return self.norm(tokens)
+
+    def feature_map(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, dim, H / patch, W / patch): the patch tokens on their grid (dense pretexts)."""
+        h, w = (side // self.patch_size for side in x.shape[-2:])
+        return self.tokens(x)[:, 1:].transpose(1, 2).reshape(len(x), -1, h, w)
 
 
 def vit(name: str, *, patch_size: int = 16, img_size: int = 224, drop_path: float = 0.0) -> VisionTransformer:

@@ -4,23 +4,32 @@ from __future__ import annotations
 
 from fastssl.train.methods.base import Method
 from fastssl.train.methods.byol import BYOL
+from fastssl.train.methods.colorization import Colorization
 from fastssl.train.methods.context import ContextPrediction
 from fastssl.train.methods.cpc import CPC
 from fastssl.train.methods.dino import DINO
+from fastssl.train.methods.inpainting import Inpainting
 from fastssl.train.methods.jigsaw import Jigsaw
 from fastssl.train.methods.mocov2 import MoCoV2
 from fastssl.train.methods.mocov3 import MoCoV3
 from fastssl.train.methods.rotnet import RotNet
 from fastssl.train.methods.simclr import SimCLR
+from fastssl.train.methods.superres import SuperResolution
 
 METHODS: dict[str, type[Method]] = {
-    m.name: m for m in (SimCLR, MoCoV2, MoCoV3, BYOL, DINO, RotNet, Jigsaw, ContextPrediction, CPC)
-}
+    m.name: m
+    for m in (
+        SimCLR, MoCoV2, MoCoV3, BYOL, DINO, RotNet, Jigsaw, ContextPrediction, CPC, Colorization, Inpainting,
+        SuperResolution,
+    )
+}  # fmt: skip
 
 __all__ = [
     "BYOL",
     "CPC",
+    "Colorization",
     "DINO",
+    "Inpainting",
     "METHODS",
     "ContextPrediction",
     "Jigsaw",
@@ -29,4 +38,5 @@ __all__ = [
     "MoCoV3",
     "RotNet",
     "SimCLR",
+    "SuperResolution",
 ]

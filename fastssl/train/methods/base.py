@@ -17,6 +17,7 @@ class Method(nn.Module):
     a loss over a loader batch. `on_step` runs after each optimiser step (momentum encoders)."""
 
     name: ClassVar[str] = "method"
+    probe_input: ClassVar[str] = "rgb"  # what evaluation feeds the backbone: "rgb" or "lightness"
 
     def __init__(self, backbone: nn.Module, feature_dim: int) -> None:
         super().__init__()
@@ -45,6 +46,12 @@ class Method(nn.Module):
     def adjust_gradients(self, epoch: int) -> None:
         """Called between backward and the optimiser step (gradients already all-reduced under
         DDP): clipping, frozen layers. Nothing by default."""
+
+    def pictures(self, batch: dict[str, Any]) -> list[torch.Tensor] | None:
+        """Columns (B, C, H, W) in [0, 1] of what the model makes of `batch` (input, target,
+        prediction), which the loop saves as RUN/pictures/epoch-NNN.png after each epoch; None
+        (the default) for methods whose outputs are not pictures."""
+        return None
 
 
 def momentum_copy(module: nn.Module) -> nn.Module:
