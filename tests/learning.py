@@ -196,9 +196,12 @@ def colorization_scores(run: Path, data: dict[str, Path], *, baseline: bool = Fa
     prior, _ = colour_prior(str(data["train"]), recipe=recipe, device="cpu", num_threads=2)
     bins, mode = torch.from_numpy(ab_bins().copy()), int(prior.argmax())
     hits = mode_hits = total = 0
-    with SSLLoader(
-        str(data["test"]), recipe, 64, device="cpu", shuffle=False, drop_last=False, num_threads=2
-    ) as loader, torch.no_grad():
+    with (
+        SSLLoader(
+            str(data["test"]), recipe, 64, device="cpu", shuffle=False, drop_last=False, num_threads=2
+        ) as loader,
+        torch.no_grad(),
+    ):
         for batch in loader:
             keep = batch["valid"] & batch["colourful"]
             nearest = nearest_bin(batch["ab"], bins)[keep]

@@ -14,10 +14,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
 
 from fastssl.cli import main
 from fastssl.train import METHODS, PretrainConfig, pretrain
 from fastssl.train.checkpoint import load_checkpoint
+from fastssl.train.loop import build_method
 from tests.shardsets import demo_shard_set
 
 SMALL = ["--backbone", "small_cnn", "--width", "8", "--size", "32", "--batch-size", "16", "--quiet"]
@@ -50,15 +52,23 @@ def test_every_method_trains_and_writes_its_run(shards, tmp_path, method):
     assert set(records[0]) >= {"epoch", "step", "loss", "lr", "images_per_s", "loader_wait"}
     assert all(0 <= r["loader_wait"] <= 1 for r in records)
     assert (tmp_path / method / "loss.png").stat().st_size > 0
+    pictures = sorted((tmp_path / method).glob("pictures/*.png"))
+    if method in ("colorization", "inpainting", "superres"):  # input | target | prediction, 8 rows
+        assert [p.name for p in pictures] == ["epoch-000.png"]
+        with Image.open(pictures[0]) as picture:
+            assert picture.size == (3 * 32, 8 * 34) and picture.mode == "RGB"
+    else:
+        assert pictures == []
 
 
 TWO_RANK_OPTIONS = {
     "mocov2": ["--queue-size", "64"],
     "dino": [f"--method-option={k}={v}" for k, v in {"out_dim": 64, "hidden": 32, "bottleneck": 16}.items()],
+    "inpainting": ["--method-option", "adversarial=0.001", "--method-option", "discriminator_width=8"],
 }
 
 
-@pytest.mark.parametrize("method", ["simclr", "mocov2", "dino"])
+@pytest.mark.parametrize("method", ["simclr", "mocov2", "dino", "inpainting"])
 def test_two_rank_torchrun_runs_on_cpu(shards, tmp_path, method):
     run = tmp_path / method
     command = [
@@ -77,6 +87,11 @@ def test_two_rank_torchrun_runs_on_cpu(shards, tmp_path, method):
     assert len(set(keys)) == 96  # every sample trained on in the epoch, across the two ranks
     if method == "dino":  # the centre (all-reduced over both ranks' teacher outputs) was updated
         assert torch.isfinite(state["model"]["center"]).all() and state["model"]["center"].abs().sum() > 0
+    if method == "inpainting":  # the discriminator trained in the same DDP step as the generator
+        initial = build_method(PretrainConfig(**state["config"])).discriminator[0].weight
+        trained = state["model"]["discriminator.0.weight"]
+        assert torch.isfinite(trained).all() and not torch.allclose(trained, initial)
+        assert (run / "pictures" / "epoch-000.png").exists()
 
 
 def _keys_by_step(run: Path) -> dict[int, list[str]]:
