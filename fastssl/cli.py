@@ -200,10 +200,12 @@ def _add_perms(sub: argparse._SubParsersAction) -> None:
 def _add_pretrain(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "pretrain",
-        help="pretrain a backbone (SimCLR, MoCo v2/v3, BYOL, RotNet, Jigsaw); torchrun for several ranks",
+        help="pretrain a backbone (contrastive, momentum, DINO, pretexts); torchrun for several ranks",
         description=(
             "Pretrain on DATA (a shard folder or manifest) and write RUN/: checkpoint.pt (atomic; "
-            "--resume continues it exactly), config.json, metrics.jsonl, loss.png. Under "
+            "--resume continues it exactly), config.json, metrics.jsonl, loss.png, and for the "
+            "colorization, inpainting and super-resolution pretexts pictures/epoch-NNN.png (input | "
+            "target | prediction). Under "
             "`torchrun --nproc-per-node N fastssl pretrain ...` each rank reads its share."
         ),
     )
@@ -214,14 +216,19 @@ def _add_pretrain(sub: argparse._SubParsersAction) -> None:
         help="RUN/config.json of an earlier run: rerun it as it was; options given here override it "
         "(give --out for a new run folder)",
     )  # fmt: skip
-    p.add_argument("--method", default="simclr", help="simclr, mocov2, mocov3, byol, rotnet, jigsaw (simclr)")
+    p.add_argument(
+        "--method", default="simclr",
+        help="simclr, mocov2, mocov3, byol, dino, rotnet, jigsaw, context, cpc, colorization, inpainting, "
+        "superres (simclr)",
+    )  # fmt: skip
     p.add_argument(
         "--method-option", dest="method_option", action="append", type=_key_value, default=[],
         metavar="KEY=VALUE", help="a method's constructor option (repeatable), e.g. momentum=0.99",
     )  # fmt: skip
     p.add_argument(
         "--recipe", default=None,
-        help="the views: a registered recipe (simclr, mocov2, byol, multicrop, rotation, crop, ...); "
+        help="the views: a registered recipe (simclr, mocov2, byol, multicrop, rotation, crop, jigsaw, "
+        "context, patchgrid, colorization, inpainting, superres, ...); "
         "default the method's own. --size sets its view size (multicrop: the global crops, the local "
         "crops keep their fraction of it, 96/224); --recipe-option then sets any field by name",
     )  # fmt: skip
@@ -234,9 +241,10 @@ def _add_pretrain(sub: argparse._SubParsersAction) -> None:
     )  # fmt: skip
     p.add_argument(
         "--backbone", default="resnet18",
-        help="resnet18, resnet50, small_cnn, vit_tiny, vit_small, vit_base (resnet18)",
+        help="resnet18, resnet50, small_cnn, edsr (super-resolution's encoder), vit_tiny, vit_small, "
+        "vit_base (resnet18)",
     )  # fmt: skip
-    p.add_argument("--width", type=_positive, default=32, help="small_cnn width (32)")
+    p.add_argument("--width", type=_positive, default=32, help="small_cnn and edsr width (32)")
     p.add_argument(
         "--patch-size", type=_positive, default=16,
         help="ViT patch size (16); the view sizes must be multiples of it, e.g. 4 for 28 px images",
