@@ -202,20 +202,33 @@ def test_superres_low_resolution_is_the_bicubic_reduction(photo_shards, backend)
         assert torch.allclose(low * std + mean, reduced, atol=1e-5)
 
 
-def test_backends_agree_on_prediction_targets(photo_shards):
+@pytest.mark.parametrize("reduction", ["mild", "tenfold"])
+def test_backends_agree_on_prediction_targets(photo_shards, reduction):
+    """DALI and Kornia differ only in their resizes: at the learning runs' sizes (photos resized
+    to 93 and 128 px) 99% of L, a and b agree within 2 units and of HR pixels within 3 levels;
+    resized tenfold (to 36 and 40 px, where Kornia's JPEG draft decoding and DALI's filter part)
+    the medians stay within 1 unit and 2 levels."""
     pytest.importorskip("nvidia.dali")
-    for recipe in (Colorization(size=32, resize=36), SuperResolution(size=32, resize=40)):
+    mild = reduction == "mild"
+    recipes = (
+        (Colorization(size=64), SuperResolution(size=48))
+        if mild
+        else (Colorization(size=32, resize=36), SuperResolution(size=32, resize=40))
+    )
+    statistic = (lambda d: d.flatten().quantile(0.99)) if mild else (lambda d: d.median())
+    bound = {"ab": 2.0, "L": 2.0, "hr": 3 / 255} if mild else {"ab": 1.0, "L": 1.0, "hr": 2 / 255}
+    for recipe in recipes:
         dali = batches(photo_shards, recipe, ("dali", "cpu"))
         kornia = batches(photo_shards, recipe, ("kornia", "cpu"))
         for a, b in zip(dali, kornia, strict=True):
             assert a["key"] == b["key"]
-            # the backends' resizes differ by a few levels: L and ab within 3, pixels within 6 / 255
-            if isinstance(recipe, Colorization):
-                assert (a["ab"] - b["ab"]).abs().median() < 3 and (
-                    a["views"][0] - b["views"][0]
-                ).abs().median() < 3
-            else:
-                assert (a["hr"] - b["hr"]).abs().median() < 6 / 255
+            pairs = (
+                {"ab": (a["ab"], b["ab"]), "L": (a["views"][0], b["views"][0])}
+                if isinstance(recipe, Colorization)
+                else {"hr": (a["hr"], b["hr"])}
+            )
+            for name, (x, y) in pairs.items():
+                assert float(statistic((x - y).abs())) <= bound[name] + 1e-6, name
 
 
 def test_resume_continues_the_same_masks(photo_shards, backend):
