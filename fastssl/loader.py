@@ -412,20 +412,23 @@ class SSLLoader:
         if self.verify_checksums:  # here, so that forked decode workers inherit the verdicts
             self._source.verify(np.unique(plan.shard))
         numbers = range(start, len(plan))
-        if getattr(self._backend, "runs_ahead", False):  # it starts the next epoch ahead of us
+        ahead = getattr(self._backend, "runs_ahead", False)
+        if ahead:  # it starts the next epoch ahead of us, and assembles the batches in its thread
             following = self.plan(plan.epoch + 1)
             if self.verify_checksums:
                 self._source.verify(np.unique(following.shard))
             self._next_reader = self._reader(following)
-            run = self._backend.run(reader, numbers, following=(self._next_reader, range(len(following))))
+            run = self._backend.run(
+                reader, numbers, following=(self._next_reader, range(len(following))), assemble=self._assemble
+            )
         else:
             run = self._backend.run(reader, numbers)
         timings = self.timings
         clock, thread_clock = time.perf_counter(), time.thread_time()
-        for host, views in run:
+        for host, made in run:
             self.skipped.extend({"epoch": plan.epoch, "rank": self.rank, **s} for s in host.skipped)
             self._batches_done = host.number + 1
-            batch = self._assemble(host, views)
+            batch = made if ahead else self._assemble(host, made)
             if timings is not None:  # the consumer's time inside next(loader), everything included
                 timings["next(loader)"] = timings.get("next(loader)", 0.0) + time.perf_counter() - clock
                 # and what of it this thread computed, not waited for (to_torch's copy included)
@@ -470,6 +473,9 @@ class SSLLoader:
             )
 
     def _assemble(self, host: HostBatch, views: list[torch.Tensor]) -> dict[str, Any]:
+        """The batch dict of a host batch and its views, a staged recipe's stage applied. Runs in
+        the backend's run-ahead thread when it has one (so it touches nothing the consumer's
+        thread changes), else on the consumer's."""
         device = self.device
         views = [v.to(device, non_blocking=True) for v in views]
         targets: dict[str, torch.Tensor] = {}

@@ -435,6 +435,7 @@ class DaliBackend:
         self._ahead: RunAhead | None = None  # the CPU path's graph and view pass, ahead of the consumer
         self._following: tuple[BatchReader, Sequence[int]] | None = None  # the run expected next
         self._continues: tuple[int, list[int]] | None = None  # (id of its reader, batches) once started
+        self._assemble: Callable[[HostBatch, list[torch.Tensor]], Any] | None = None  # run(assemble=)
 
     def _source(self) -> tuple[np.ndarray, ...]:
         start = perf_counter()
@@ -512,7 +513,8 @@ class DaliBackend:
         reader: BatchReader,
         numbers: Sequence[int],
         following: tuple[BatchReader, Sequence[int]] | None = None,
-    ) -> Iterator[tuple[HostBatch, list[torch.Tensor]]]:
+        assemble: Callable[[HostBatch, list[torch.Tensor]], Any] | None = None,
+    ) -> Iterator[tuple[HostBatch, Any]]:
         """(host batch, views) for batch `numbers` of the reader's plan, in order.
 
         The graph is built and the feeders started here, on the caller's thread (feeders are forked
@@ -522,7 +524,9 @@ class DaliBackend:
         (CPU) is the run expected next, the next epoch's reader and batches: the thread starts it
         as soon as this run's last batch is out of the graph, and a `run()` called with that same
         reader and batches continues with what it made, so the epoch boundary costs the consumer
-        no wait. Any other next run, or `close()`, stops that thread first."""
+        no wait. Any other next run, or `close()`, stops that thread first. `assemble(batch,
+        views)` (CPU) is applied in that thread too, and its result yielded in place of the views:
+        the loader's batch dict and a staged recipe's stage are then built ahead as well."""
         remaining = list(numbers)
         continued = self._ahead is not None and self._continues == (id(reader), remaining)
         if not continued:
@@ -530,6 +534,7 @@ class DaliBackend:
             self._start(reader, remaining)
         self._continues = None
         self._following = following if self._finish is not None else None
+        self._assemble = assemble if self._finish is not None else None
         if self._finish is None:
             yield from self._batches(reader, remaining)
             return
@@ -597,7 +602,7 @@ class DaliBackend:
             batch = self._pending.popleft()
             remaining.pop(0)
             if timings is None:
-                views = self._views(outputs, batch)
+                views = self._finished(batch, self._views(outputs, batch))
                 self._feeders.release(batch.fed)
                 yield batch, views
                 continue
@@ -608,8 +613,13 @@ class DaliBackend:
             views = self._views(outputs, batch)
             timings["to_torch"] = timings.get("to_torch", 0.0) + perf_counter() - start
             timings["to_torch cpu"] = timings.get("to_torch cpu", 0.0) + thread_time() - thread_start
+            views = self._finished(batch, views)
             self._feeders.release(batch.fed)
             yield batch, views
+
+    def _finished(self, batch: HostBatch, views: list[torch.Tensor]) -> Any:
+        """The views, or what `run(assemble=)` makes of them (in the run-ahead thread)."""
+        return views if self._assemble is None else self._assemble(batch, views)
 
     def _views(self, outputs: Sequence[Any], batch: HostBatch) -> list[torch.Tensor]:
         """The batch's views as torch-owned tensors: on the GPU copied out of DALI's buffers, on
