@@ -387,6 +387,7 @@ def run_eval(args: argparse.Namespace) -> int:
     """`fastssl eval`: probe a run's backbone (and, on request, the same backbone untrained)."""
     from fastssl.train import PretrainConfig, build_run_backbone, evaluate, load_backbone
     from fastssl.train.evaluate import write_json
+    from fastssl.train.methods import METHODS
 
     try:
         backbone, config = load_backbone(args.run)
@@ -395,8 +396,6 @@ def run_eval(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     probes = ("knn", "linear") if args.probe == "both" else (args.probe,)
     size = args.size or config["size"]
-    from fastssl.train.methods import METHODS
-
     probe_input = METHODS[config["method"]].probe_input  # colorization's backbone sees lightness
     common = dict(
         size=size, test_data=args.test_data, probes=probes, device=args.device, backend=args.backend,
@@ -422,6 +421,7 @@ def run_eval(args: argparse.Namespace) -> int:
 
 def run_colour_prior(args: argparse.Namespace) -> int:
     """`fastssl colour-prior`: a shard set's smoothed ab distribution, for colorization."""
+    from fastssl.pipelines.lab import ab_bins
     from fastssl.recipes import Colorization
     from fastssl.train.colour_prior import colour_prior, write_prior
 
@@ -436,8 +436,6 @@ def run_colour_prior(args: argparse.Namespace) -> int:
         return EXIT_FAILED
     write_prior(prior, args.out)
     top = prior.argsort()[::-1][:3]
-    from fastssl.pipelines.lab import ab_bins
-
     common = ", ".join(f"ab {tuple(int(v) for v in ab_bins()[i])}: {prior[i]:.3f}" for i in top)
     print(
         f"{seen['colourful']} of {seen['images']} images colourful, {seen['pixels']} pixels over "

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from fastssl.train import PretrainConfig, build_run_backbone, evaluate, load_backbone, pretrain
+from fastssl.train.evaluate import load_method
 
 SIZE = 28
 TWO_CROP = {"scale": (0.3, 1.0), "p_blur": 0.0, "jitter": (0.4, 0.4, 0.0, 0.0)}
@@ -242,12 +243,6 @@ def superres_scores(run: Path, data: dict[str, Path]) -> dict[str, float]:
 
 
 def _trained_method(run: Path) -> tuple[Any, PretrainConfig]:
-    """The whole trained method of a run (heads and decoders too), in eval mode, and its config."""
-    from fastssl.train.checkpoint import load_checkpoint
-    from fastssl.train.loop import CHECKPOINT, build_method
-
-    state = load_checkpoint(run / CHECKPOINT)
-    config = PretrainConfig(**state["config"])
-    method = build_method(config)
-    method.load_state_dict(state["model"])
-    return method.eval(), config
+    """The whole trained method of a run, in eval mode, and its config."""
+    method, config = load_method(run)
+    return method.eval(), PretrainConfig(**config)

@@ -98,6 +98,12 @@ def to_size(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return x if tuple(x.shape[-2:]) == tuple(size) else F.interpolate(x, size=size, mode="bilinear")
 
 
+def unnormalise(normalised: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
+    """[0, 1] pixels of a batch normalised with a recipe's `mean` and `std` (the stage's inverse)."""
+    mean_t, std_t = (torch.tensor(v, device=normalised.device)[:, None, None] for v in (mean, std))
+    return normalised.float() * std_t + mean_t
+
+
 def _doublings(scale: int) -> int:
     steps = round(math.log2(scale)) if scale >= 1 else -1
     if steps < 0 or 2**steps != scale:

@@ -125,15 +125,21 @@ def split_by_key(keys: list[str], test_fraction: float = 0.2) -> np.ndarray:
     return np.asarray(buckets) < test_fraction
 
 
-def load_backbone(run: str | Path) -> tuple[nn.Module, dict[str, Any]]:
-    """A run's trained backbone (from RUN/checkpoint.pt) and the run's config."""
+def load_method(run: str | Path) -> tuple[nn.Module, dict[str, Any]]:
+    """A run's whole trained method (heads and decoders too; from RUN/checkpoint.pt) and the
+    run's config."""
     from fastssl.train.loop import CHECKPOINT, PretrainConfig, build_method
 
     state = load_checkpoint(Path(run) / CHECKPOINT)
-    config = PretrainConfig(**state["config"])
-    method = build_method(config)
+    method = build_method(PretrainConfig(**state["config"]))
     method.load_state_dict(state["model"])
-    return method.backbone, state["config"]
+    return method, state["config"]
+
+
+def load_backbone(run: str | Path) -> tuple[nn.Module, dict[str, Any]]:
+    """A run's trained backbone (from RUN/checkpoint.pt) and the run's config."""
+    method, config = load_method(run)
+    return method.backbone, config
 
 
 def evaluate(

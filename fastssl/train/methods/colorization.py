@@ -114,10 +114,3 @@ class Colorization(Method):
             return lab_to_rgb(torch.cat([light + 50, up], dim=1))
 
         return [(light + 50) / 100, colour(ab), colour(predicted)]
-
-
-@torch.no_grad()
-def bin_accuracy(logits: torch.Tensor, ab: torch.Tensor, bins: torch.Tensor, counted: torch.Tensor) -> float:
-    """Share of the `counted` images' pixels whose most likely bin is their colour's nearest bin."""
-    hit = (logits.argmax(1) == nearest_bin(ab, bins))[counted]
-    return float(hit.float().mean()) if hit.numel() else float("nan")

@@ -13,7 +13,7 @@ from torch.func import functional_call
 
 from fastssl.recipes import Inpainting as InpaintingViews
 from fastssl.recipes import Recipe
-from fastssl.train.dense import FeatureMap, to_size, transposed_decoder
+from fastssl.train.dense import FeatureMap, to_size, transposed_decoder, unnormalise
 from fastssl.train.methods.base import Method, require_recipe, valid_mask
 
 
@@ -99,5 +99,4 @@ class Inpainting(Method):
         return [self._pixels(masked), self._pixels(target), self._pixels(completed)]
 
     def _pixels(self, normalised: torch.Tensor) -> torch.Tensor:
-        mean, std = (torch.tensor(v, device=normalised.device)[:, None, None] for v in self.pixel_stats)
-        return normalised * std + mean
+        return unnormalise(normalised, *self.pixel_stats)

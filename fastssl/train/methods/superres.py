@@ -13,7 +13,7 @@ from torch import nn
 from fastssl.pipelines.prediction_views import bicubic
 from fastssl.recipes import Recipe
 from fastssl.recipes import SuperResolution as SuperResolutionViews
-from fastssl.train.dense import FeatureMap, pixel_shuffle_upsampler, to_size
+from fastssl.train.dense import FeatureMap, pixel_shuffle_upsampler, to_size, unnormalise
 from fastssl.train.methods.base import Method, require_recipe, valid_mask
 
 # ITU-R BT.601 luma of [0, 1] RGB as MATLAB's rgb2ycbcr, the convention of SR evaluation
@@ -67,14 +67,9 @@ class SuperResolution(Method):
             raise ValueError(f"the recipe reduces by {recipe.factor}, the method upsamples by {self.factor}")
         self.pixel_stats = (recipe.mean, recipe.std)
 
-    def low_pixels(self, low: torch.Tensor) -> torch.Tensor:
-        """The normalised input back in [0, 1]."""
-        mean, std = (torch.tensor(v, device=low.device)[:, None, None] for v in self.pixel_stats)
-        return low.float() * std + mean
-
     def baseline(self, low: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         """The bicubic upsampling of the input, the same bicubic the recipe reduced with."""
-        return bicubic(self.low_pixels(low), size).clamp(0, 1)
+        return bicubic(unnormalise(low, *self.pixel_stats), size).clamp(0, 1)
 
     def predict(self, low: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         residual = to_size(self.upsampler(self.features(low)), size).float()
