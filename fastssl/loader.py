@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -252,6 +253,11 @@ class SSLLoader:
         self._stage: Any = None  # the stage after the graph of staged recipes, built with the backend
         self._plans: dict[int, EpochPlan] = {}  # by epoch: the current one and the next
         self._next_reader: BatchReader | None = None  # the next epoch's, handed to the backend ahead
+        # the plan cache and the next reader are also set by the backend's run-ahead thread, which
+        # builds the next epoch's while the consumer takes this one's batches; `_runs` counts the
+        # iterations started, so a thread of an abandoned one hands nothing to a later one
+        self._lock = threading.Lock()
+        self._runs = 0
         # seconds per stage, summed over batches (`profile=True`; `fastssl bench --profile`)
         self.timings: dict[str, float] | None = {} if profile else None
         if verify_checksums and self.remote is None and any(not s.sha256 for s in self.manifest.shards):
@@ -313,6 +319,10 @@ class SSLLoader:
     def plan(self, epoch: int | None = None) -> EpochPlan:
         """This rank's epoch plan (the current epoch by default)."""
         epoch = self.epoch if epoch is None else epoch
+        with self._lock:
+            return self._plan(epoch)
+
+    def _plan(self, epoch: int) -> EpochPlan:
         cached = self._plans.get(epoch)
         if cached is None:
             cached = EpochPlan(
@@ -382,7 +392,8 @@ class SSLLoader:
         resumed = EpochPlan.from_state(
             self.manifest, plan_state, world_size=self.world_size, rank=self.rank, nodes=self.nodes
         )
-        self._plans, self._next_reader = {resumed.epoch: resumed}, None
+        with self._lock:
+            self._plans, self._next_reader = {resumed.epoch: resumed}, None
         self.epoch = plan_state.epoch
         self._batches_done = plan_state.batches_done
         self._resume = plan_state
@@ -392,7 +403,9 @@ class SSLLoader:
         plan = self.plan()
         start = self._batches_done if self._resume is not None else 0
         self._resume, self._batches_done = None, start
-        prepared, self._next_reader = self._next_reader, None
+        with self._lock:
+            self._runs += 1
+            prepared, self._next_reader = self._next_reader, None
         # the reader the backend was told would come next, if this is that run: its batches are
         # being made already
         ready = prepared is not None and prepared.plan is plan and start == 0
@@ -414,13 +427,8 @@ class SSLLoader:
         numbers = range(start, len(plan))
         ahead = getattr(self._backend, "runs_ahead", False)
         if ahead:  # it starts the next epoch ahead of us, and assembles the batches in its thread
-            following = self.plan(plan.epoch + 1)
-            if self.verify_checksums:
-                self._source.verify(np.unique(following.shard))
-            self._next_reader = self._reader(following)
-            run = self._backend.run(
-                reader, numbers, following=(self._next_reader, range(len(following))), assemble=self._assemble
-            )
+            following = self._following(plan.epoch + 1, self._runs)
+            run = self._backend.run(reader, numbers, following=following, assemble=self._assemble)
         else:
             run = self._backend.run(reader, numbers)
         timings = self.timings
@@ -437,6 +445,27 @@ class SSLLoader:
             yield batch
             clock, thread_clock = time.perf_counter(), time.thread_time()
         self.epoch, self._batches_done = plan.epoch + 1, 0  # a complete pass: the next one is new
+
+    def _following(self, epoch: int, run: int) -> Any:
+        """What the backend's run-ahead thread calls when this run's graph has run dry: the next
+        epoch's plan and reader, built there rather than on the consumer's thread, and kept for
+        the iteration that follows (unless another one started meanwhile)."""
+
+        def prepare() -> tuple[BatchReader, range] | None:
+            try:
+                plan = self.plan(epoch)
+                if self.verify_checksums:
+                    self._source.verify(np.unique(plan.shard))
+                reader = self._reader(plan)
+            except Exception:  # noqa: BLE001 - not started ahead; the next iteration redoes it and raises
+                return None
+            with self._lock:
+                if self._runs != run:  # abandoned: whatever comes next builds its own
+                    return None
+                self._next_reader = reader
+            return reader, range(len(plan))
+
+        return prepare
 
     def _reader(self, plan: EpochPlan) -> BatchReader:
         """The host side's reader of `plan`'s batches."""

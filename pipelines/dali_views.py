@@ -43,6 +43,9 @@ from fastssl.host.reader import PLACEHOLDER, BatchReader, HostBatch
 from fastssl.host.slots import Slot
 from fastssl.recipes import Recipe, ViewSpec
 
+# the next run, as the run-ahead thread asks for it: (reader, batch numbers), or None for none
+Following = Callable[[], "tuple[BatchReader, Sequence[int]] | None"]
+
 PLACEHOLDER_SIZE = len(PLACEHOLDER)
 _WARMED: set[tuple] = set()  # kinds of batch this process has built once (`DaliBackend._warm`)
 
@@ -433,7 +436,8 @@ class DaliBackend:
         if device == "cpu":  # tensors for the batches ahead, the consumer's and the one in the making
             self._finish = HostFinish(recipe, param_layout(recipe)[0], num_threads, keep=prefetch + 2)
         self._ahead: RunAhead | None = None  # the CPU path's graph and view pass, ahead of the consumer
-        self._following: tuple[BatchReader, Sequence[int]] | None = None  # the run expected next
+        # makes the run expected next, called in the run-ahead thread when this one's graph runs dry
+        self._following: Following | None = None
         self._continues: tuple[int, list[int]] | None = None  # (id of its reader, batches) once started
         self._assemble: Callable[[HostBatch, list[torch.Tensor]], Any] | None = None  # run(assemble=)
 
@@ -512,7 +516,7 @@ class DaliBackend:
         self,
         reader: BatchReader,
         numbers: Sequence[int],
-        following: tuple[BatchReader, Sequence[int]] | None = None,
+        following: Following | None = None,
         assemble: Callable[[HostBatch, list[torch.Tensor]], Any] | None = None,
     ) -> Iterator[tuple[HostBatch, Any]]:
         """(host batch, views) for batch `numbers` of the reader's plan, in order.
@@ -521,8 +525,9 @@ class DaliBackend:
         from it). On a GPU the caller's thread then runs the graph (its outputs are device buffers,
         copied out on the caller's stream); on the CPU a thread does (`RunAhead`), with the view
         pass, up to `prefetch` batches ahead, so the consumer's step overlaps them. `following`
-        (CPU) is the run expected next, the next epoch's reader and batches: the thread starts it
-        as soon as this run's last batch is out of the graph, and a `run()` called with that same
+        (CPU) makes the run expected next, the next epoch's reader and batches (or None for none):
+        the thread calls it and starts that run as soon as this run's last batch is out of the
+        graph (so the next epoch's plan is built there too), and a `run()` called with that same
         reader and batches continues with what it made, so the epoch boundary costs the consumer
         no wait. Any other next run, or `close()`, stops that thread first. `assemble(batch,
         views)` (CPU) is applied in that thread too, and its result yielded in place of the views:
@@ -563,7 +568,8 @@ class DaliBackend:
         (the one named by the latest `run()` when this one's graph ran dry), and so on."""
         while True:
             yield from self._batches(reader, remaining)
-            following, self._following = self._following, None
+            prepare, self._following = self._following, None
+            following = prepare() if prepare is not None else None
             if following is not None:
                 reader, remaining = following[0], list(following[1])
                 self._continues = (id(reader), list(remaining))

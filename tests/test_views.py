@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import shutil
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -138,6 +139,31 @@ def test_an_epoch_started_ahead_is_the_epoch_a_fresh_loader_reads(demo_shards, b
         loader.load_state_dict(state)
         assert same(epoch_of(loader), fresh(6)[1:])
         assert same(epoch_of(loader), fresh(7))
+        # every batch taken but the pass left open: epoch 8 again, not the 9 made ready ahead
+        assert same(epoch_of(loader, stop=len(loader)), fresh(8))
+        assert same(epoch_of(loader), fresh(8))
+        assert same(epoch_of(loader), fresh(9))
+
+
+def test_the_next_epoch_is_planned_off_the_consumers_thread(demo_shards, backend) -> None:
+    """Where the backend runs ahead (DALI-CPU), the next epoch's plan and reader are built in its
+    thread while the consumer takes this epoch's batches, not at the next epoch's first next()."""
+    if backend != ("dali", "cpu"):
+        pytest.skip("only DALI's CPU graphs run ahead of the consumer")
+    with _loader(demo_shards, SimCLR(size=32), backend) as loader:
+        built_in: dict[int, str] = {}
+        make_reader = loader._reader
+
+        def reader(plan):  # noqa: ANN001, ANN202
+            built_in[plan.epoch] = threading.current_thread().name
+            return make_reader(plan)
+
+        loader._reader = reader
+        for _ in range(3):
+            assert len(list(loader)) == NUM_IMAGES // 12
+    consumer = threading.current_thread().name
+    assert built_in[0] == consumer  # the first epoch: nothing ran ahead of it
+    assert built_in[1] != consumer and built_in[2] != consumer and built_in[3] != consumer
 
 
 def _jpegs_by_key(shards: Path) -> dict[str, bytes]:

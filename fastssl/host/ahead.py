@@ -7,7 +7,11 @@ it overlaps the consumer's step, and `next()` only takes a finished batch.
 
 Why by hand: `concurrent.futures` has no bounded, ordered producer with an early stop, and a
 `torch.utils.data.DataLoader` would move the batches between processes (the graph and its
-buffers live in this one).
+buffers live in this one). Why two `queue.SimpleQueue`s (the items, and tokens for the room left)
+rather than one bounded `queue.Queue`: the consumer's side is then two calls into C, where
+`queue.Queue.get` runs a Python condition variable (a lock made per wait, notify, re-acquire). On
+the 2-vCPU VM, with the view threads busy, the consumer spent a median of 51 us of CPU per batch
+inside `queue.Queue.get`; see benchmarks/RESULTS.md.
 """
 
 from __future__ import annotations
@@ -37,7 +41,10 @@ class RunAhead(Generic[Item]):
         if depth < 1:
             raise ValueError(f"depth must be at least 1, got {depth}")
         self._source = source
-        self._queue: queue.Queue = queue.Queue(maxsize=depth)
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()  # what the thread made, in order
+        self._room: queue.SimpleQueue = queue.SimpleQueue()  # one token per item it may still queue
+        for _ in range(depth):
+            self._room.put(None)
         self._stop = threading.Event()
         self._done = False
         self._thread = threading.Thread(target=self._work, name=name, daemon=True)
@@ -47,10 +54,11 @@ class RunAhead(Generic[Item]):
         """Queue `message` unless asked to stop first; whether it was queued."""
         while not self._stop.is_set():
             try:
-                self._queue.put(message, timeout=_POLL)
-                return True
-            except queue.Full:
+                self._room.get(timeout=_POLL)
+            except queue.Empty:
                 continue
+            self._queue.put(message)
+            return True
         return False
 
     def _work(self) -> None:
@@ -75,6 +83,7 @@ class RunAhead(Generic[Item]):
         # the thread always ends with a message: the end, an error, or close()'s own end
         kind, value = self._queue.get()
         if kind == _ITEM:
+            self._room.put(None)
             return value  # type: ignore[return-value]
         self._done = True
         if kind == _ERROR:
@@ -86,8 +95,11 @@ class RunAhead(Generic[Item]):
         self._done = True
         self._stop.set()  # a thread waiting for room sees it within _POLL seconds
         self._thread.join()
-        while not self._queue.empty():  # what it made and nobody will take: let it go now
-            self._queue.get_nowait()
+        while True:  # what it made and nobody will take: let it go now
+            try:
+                self._queue.get_nowait()
+            except queue.Empty:
+                break
         self._queue.put_nowait((_END, None))  # a consumer waiting in another thread wakes and stops
 
     def __enter__(self) -> RunAhead[Item]:
