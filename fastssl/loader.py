@@ -151,6 +151,10 @@ class SSLLoader:
     `cache_limit` bytes; `"global"` reads each sample by a range request instead. `retries`,
     `timeout` (seconds) and `storage_options` (fsspec's, for the client) govern the transfers.
 
+    `subset` (keys, or the path of a subset file: one key or file name per line, as SimCLR's
+    `1percent.txt`; `fastssl.data.subset`) restricts every epoch to those samples, each read once
+    per epoch across ranks, in the global read order.
+
     Epochs advance by themselves after each complete pass; `set_epoch(e)` chooses one explicitly
     (as with DistributedSampler). `state_dict()` after k batches and `load_state_dict()` in a new
     loader continue the epoch at batch k, with the same samples and the same random parameters,
@@ -188,6 +192,7 @@ class SSLLoader:
         retries: int = 3,
         timeout: float = 60.0,
         storage_options: dict[str, Any] | None = None,
+        subset: Sequence[str] | str | os.PathLike | None = None,
     ) -> None:
         if read_order not in ("auto", *READ_ORDERS):
             raise ValueError(f"read_order must be 'auto', 'global' or 'block', got {read_order!r}")
@@ -267,6 +272,18 @@ class SSLLoader:
             )
         # one source for the loader's life: indexes loaded and checksums verified once, not per epoch
         self._source = ByteSource(self.manifest, verify_checksums=verify_checksums, remote=self.remote)
+        self.subset: np.ndarray | None = None  # global ids of the samples read, all when None
+        if subset is not None:
+            if self.read_order != "global":
+                raise ValueError("a subset is read in the global order only (read_order='global')")
+            from fastssl.data.subset import read_subset, subset_ids
+
+            try:
+                keys = read_subset(subset) if isinstance(subset, (str, os.PathLike)) else list(subset)
+                self.subset = subset_ids(self._source, keys)
+            except BaseException:
+                self.close()
+                raise
 
     # -- configuration -------------------------------------------------------------------------
     @staticmethod
@@ -338,6 +355,7 @@ class SSLLoader:
                 buckets=self.buckets,
                 block_size=self.block_size,
                 nodes=self.nodes,
+                subset=self.subset,
             )
             # this epoch's and the next one's (built ahead when the backend runs ahead)
             self._plans = {e: p for e, p in self._plans.items() if e in (epoch - 1, epoch + 1)}
@@ -390,8 +408,9 @@ class SSLLoader:
             raise ValueError("loader state does not match this loader: " + ", ".join(differ))
         # refuses a state saved for other shards; the plan it rebuilds is the one the loader reads
         resumed = EpochPlan.from_state(
-            self.manifest, plan_state, world_size=self.world_size, rank=self.rank, nodes=self.nodes
-        )
+            self.manifest, plan_state, world_size=self.world_size, rank=self.rank, nodes=self.nodes,
+            subset=self.subset,
+        )  # fmt: skip
         with self._lock:
             self._plans, self._next_reader = {resumed.epoch: resumed}, None
         self.epoch = plan_state.epoch

@@ -356,11 +356,11 @@ class _FeederJob:
     def __init__(self, recipe: Recipe, reader: BatchReader, profile: bool) -> None:
         self.recipe, self.reader, self.profile = recipe, reader, profile
 
-    def setup(self, message: tuple[dict, set, tuple]) -> None:
-        state, substitute, verdicts = message
+    def setup(self, message: tuple[dict, set, tuple, np.ndarray | None]) -> None:
+        state, substitute, verdicts, subset = message
         template = self.reader
         template.source.adopt(verdicts)  # shards the parent verified since this feeder forked
-        plan = EpochPlan.from_state(template.source.manifest, PlanState.from_dict(state))
+        plan = EpochPlan.from_state(template.source.manifest, PlanState.from_dict(state), subset=subset)
         self.reader = BatchReader(
             template.source.manifest, plan, self.recipe, on_error=template.on_error,
             max_pixels=template.max_pixels, source=template.source, ahead=template.ahead,
@@ -509,7 +509,8 @@ class DaliBackend:
         self._running = bool(len(numbers))
         if self._running:
             self._ensure_feeders(reader, numbers[0])
-            setup = (reader.plan.state(0).to_dict(), set(reader.substitute), reader.source.verdicts())
+            plan = reader.plan
+            setup = (plan.state(0).to_dict(), set(reader.substitute), reader.source.verdicts(), plan.subset)
             self._feeders.start(numbers, setup)
 
     def run(

@@ -57,17 +57,35 @@ def _sizes_of(data: Manifest | Sequence[int] | np.ndarray) -> np.ndarray:
     return sizes.astype(np.int64, copy=False)
 
 
-def data_fingerprint(data: Manifest | Sequence[int] | np.ndarray) -> str:
+def data_fingerprint(data: Manifest | Sequence[int] | np.ndarray, subset: np.ndarray | None = None) -> str:
     """Short digest of what a plan depends on, stored in resume state to catch changed data.
 
     For a manifest it covers shard paths and checksums as well as sizes, so that re-sharding
-    with another shuffle (same sizes, other samples) is caught; for bare sizes, sizes only.
+    with another shuffle (same sizes, other samples) is caught; for bare sizes, sizes only; and
+    the subset's ids when the plan reads one (the whole set's digest is unchanged without).
     """
     digest = hashlib.sha1(np.ascontiguousarray(_sizes_of(data), dtype="<i8").tobytes())
     if isinstance(data, Manifest):
         for shard in data.shards:
             digest.update(f"\0{shard.path}\0{shard.sha256}".encode())
+    if subset is not None:
+        digest.update(b"\0subset\0" + np.ascontiguousarray(subset, dtype="<i8").tobytes())
     return digest.hexdigest()[:16]
+
+
+def _checked_subset(subset: np.ndarray | Sequence[int], total: int) -> np.ndarray:
+    """The subset's global ids, sorted; refused when empty, repeated or out of range."""
+    ids = np.asarray(subset)
+    if ids.ndim != 1 or (ids.size and ids.dtype.kind not in "iu"):
+        raise ValueError("a subset is a 1-D sequence of global sample ids")
+    ids = np.sort(ids.astype(np.int64))
+    if not len(ids):
+        raise ValueError("the subset is empty")
+    if ids[0] < 0 or ids[-1] >= total:
+        raise ValueError(f"subset ids must lie in 0..{total - 1}, got {int(ids[0])}..{int(ids[-1])}")
+    if (np.diff(ids) == 0).any():
+        raise ValueError(f"the subset names sample {int(ids[1:][np.diff(ids) == 0][0])} more than once")
+    return ids
 
 
 def epoch_order(sizes: np.ndarray, epoch: int, seed: int, shuffle: bool = True) -> np.ndarray:
@@ -276,6 +294,8 @@ class EpochPlan:
     docstring); `nodes` (block order only) is the number of nodes the ranks run on, each of which
     reads only its own buckets' shards.
     `version=1` rebuilds the plan of a state saved before the global stream existed.
+    `subset` (global order only) restricts the epoch to those global sample ids, each read once
+    per epoch, in an order that depends on (seed, epoch) alone; the state's fingerprint covers it.
     """
 
     def __init__(
@@ -294,6 +314,7 @@ class EpochPlan:
         block_size: int = DEFAULT_BLOCK_SIZE,
         nodes: int = 1,
         version: int = PLAN_VERSION,
+        subset: np.ndarray | Sequence[int] | None = None,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
@@ -307,6 +328,9 @@ class EpochPlan:
             raise ValueError(f"plan version {version!r} with order {order!r} does not exist")
         self._data = data
         self.sizes = _sizes_of(data)
+        self.subset = None if subset is None else _checked_subset(subset, int(self.sizes.sum()))
+        if self.subset is not None and (order != "global" or version == 1):
+            raise ValueError("a subset is read in the global order only (read_order='global')")
         self.epoch, self.seed, self.batch_size = epoch, seed, batch_size
         self.world_size, self.rank = world_size, rank
         self.drop_last, self.shuffle = drop_last, shuffle
@@ -317,7 +341,11 @@ class EpochPlan:
         if version == 1:
             stream, valid, positions = self._legacy_stream()
         elif order == "global":  # every global batch's multiple of world_size dealt interleaved
-            stream, valid = self._padded(epoch_order(self.sizes, epoch, seed, shuffle))
+            if self.subset is None:
+                ordered = epoch_order(self.sizes, epoch, seed, shuffle)
+            else:  # the subset's own positions in this epoch's order
+                ordered = self.subset[epoch_order(np.array([len(self.subset)]), epoch, seed, shuffle)]
+            stream, valid = self._padded(ordered)
             positions = np.arange(rank, len(stream), world_size, dtype=np.int64)
         else:
             stream, valid, positions = self._block_stream(nodes)
@@ -418,8 +446,8 @@ class EpochPlan:
 
     @functools.cached_property
     def fingerprint(self) -> str:
-        """`data_fingerprint` of the plan's data, computed when a state is first asked for."""
-        return data_fingerprint(self._data)
+        """`data_fingerprint` of the plan's data (and subset), computed when a state is first asked for."""
+        return data_fingerprint(self._data, self.subset)
 
     def __len__(self) -> int:
         return self.num_batches
@@ -484,15 +512,19 @@ class EpochPlan:
         world_size: int | None = None,
         rank: int | None = None,
         nodes: int | None = None,
+        subset: np.ndarray | Sequence[int] | None = None,
     ) -> EpochPlan:
         """Rebuild a state's global stream, as seen by `rank` of `world_size` on `nodes` nodes
-        (default: whoever saved it); refuses a state made for other data, and a world size the
-        global batch does not divide by (or, for a version-1 state, any other than its own)."""
-        fingerprint = data_fingerprint(data)
+        (default: whoever saved it), over `subset` when the saved plan read one; refuses a state
+        made for other data or another subset, and a world size the global batch does not divide
+        by (or, for a version-1 state, any other than its own)."""
+        checked = None if subset is None else _checked_subset(subset, int(_sizes_of(data).sum()))
+        fingerprint = data_fingerprint(data, checked)
         if fingerprint != state.data_fingerprint:
             raise ValueError(
                 "resume state was saved for a different shard set (shard sizes, paths or "
-                "checksums differ); start the epoch afresh or point the loader at the original shards"
+                "checksums differ) or another sample subset; start the epoch afresh or point the "
+                "loader at the original shards and subset"
             )
         world = state.world_size if world_size is None else world_size
         rank = state.rank if rank is None else rank
@@ -521,6 +553,7 @@ class EpochPlan:
             block_size=state.block_size,
             nodes=nodes,
             version=state.version,
+            subset=checked,
         )
         plan.__dict__["fingerprint"] = fingerprint  # already computed: fill the cached_property
         return plan
