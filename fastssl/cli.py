@@ -313,6 +313,31 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--backend", choices=("auto", "dali", "kornia"), default="auto")
     p.add_argument("--json", type=Path, default=None, help="write the results here")
+    transfer = p.add_argument_group(
+        "transfer protocols",
+        "train through the loader on augmented views instead of probing cached features "
+        "(fastssl.train.transfer; parameters from the papers' code, ../shared/METHODS.md)",
+    )
+    transfer.add_argument(
+        "--protocol", choices=("probe", "linear-moco", "linear-simclr", "finetune"), default="probe",
+        help="probe: kNN / linear on cached features (default); linear-moco, linear-simclr: a linear "
+        "head on the frozen trunk as MoCo's / SimCLR's evaluation; finetune: trunk and head (SwAV's "
+        "semi-supervised recipe)",
+    )  # fmt: skip
+    transfer.add_argument("--freeze", type=int, default=0, help="finetune: stages frozen from the input")
+    transfer.add_argument(
+        "--freeze-sweep", action="store_true", help="finetune with 0..all stages frozen: table and plot"
+    )
+    transfer.add_argument(
+        "--labels-fraction", type=float, default=None,
+        help="train on this balanced fraction of every class (0.01, 0.1), written as a subset file",
+    )  # fmt: skip
+    transfer.add_argument("--subset", type=Path, default=None, help="train on the keys of this subset file")
+    transfer.add_argument("--epochs", type=_positive, default=None, help="shorten the protocol's epochs")
+    transfer.add_argument("--batch-size", type=_positive, default=None, help="the protocol's is 256")
+    transfer.add_argument("--scale", type=float, nargs=2, default=(0.08, 1.0), help="training crop areas")
+    transfer.add_argument("--eval-every", type=_positive, default=1, help="test every N epochs")
+    transfer.add_argument("--out", type=Path, default=None, help="folder for the JSON, plots and subsets")
 
 
 def _add_colour_prior(sub: argparse._SubParsersAction) -> None:

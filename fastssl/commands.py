@@ -383,6 +383,74 @@ def run_pretrain(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _run_transfer(
+    args: argparse.Namespace, trained: Any, untrained: Any, config: dict, size: int, probe_input: str
+) -> int:
+    """`fastssl eval --protocol ...`: a transfer protocol on the run's backbone (and the same
+    backbone untrained), or the layer-freezing sweep; JSON and plots under --out."""
+    import copy
+
+    from fastssl.train.evaluate import write_json
+    from fastssl.train.transfer import make_split, plot_history, plot_sweep, stages, sweep_table, transfer
+
+    protocol = "finetune" if args.protocol == "probe" else args.protocol
+    if args.labels_fraction is not None and not 0 < args.labels_fraction <= 1:
+        _err(f"--labels-fraction must lie in (0, 1], got {args.labels_fraction}")
+        return EXIT_USAGE
+    try:
+        split = make_split(
+            args.data, args.test_data, labels_fraction=args.labels_fraction, subset=args.subset,
+            seed=config.get("seed", 0), out=args.out,
+        )  # fmt: skip
+    except (ValueError, FileNotFoundError) as err:
+        _err(str(err))
+        return EXIT_USAGE
+    common = dict(
+        protocol=protocol, size=size, epochs=args.epochs, batch_size=args.batch_size, scale=tuple(args.scale),
+        device=args.device, backend=args.backend, input=probe_input, eval_every=args.eval_every,
+    )  # fmt: skip
+    inits = {"pretrained": trained, **({"random init": untrained} if untrained is not None else {})}
+    result: dict[str, Any] = {
+        "run": str(args.run), "method": config["method"], "backbone": config["backbone"],
+        "protocol": protocol, "labels_fraction": args.labels_fraction,
+        "subset": str(args.subset) if args.subset else None,
+    }  # fmt: skip
+    out = args.out
+    title = f"{config['method']} {config['backbone']}"
+    if args.freeze_sweep:
+        if protocol != "finetune":
+            _err("--freeze-sweep fine-tunes: use it with --protocol finetune")
+            return EXIT_USAGE
+        rows = []
+        for frozen in range(len(stages(trained)) + 1):
+            for init, backbone in inits.items():
+                got = transfer(copy.deepcopy(backbone), split, freeze=frozen, **common)
+                rows.append({"freeze": frozen, "init": init, "accuracy": got["accuracy"]})
+                print(f"{frozen} stage(s) frozen, {init:<11} test top-1 {got['accuracy']:.4f}")
+        result["sweep"] = rows
+        if out is not None:
+            (out / "freeze-sweep.md").parent.mkdir(parents=True, exist_ok=True)
+            (out / "freeze-sweep.md").write_text(sweep_table(rows))
+            plot_sweep(rows, out / "freeze-sweep.png", f"{title}: layers frozen")
+    else:
+        try:
+            runs = {init: transfer(b, split, freeze=args.freeze, **common) for init, b in inits.items()}
+        except ValueError as err:
+            _err(str(err))
+            return EXIT_USAGE
+        result.update(runs)
+        for init, got in runs.items():
+            samples = f"{got['train_samples']} train samples"
+            print(f"{init:<11} {protocol} test top-1 {got['accuracy']:.4f} ({samples})")
+        if out is not None:
+            plot_history(runs, out / f"{protocol}.png", f"{title}: {protocol}")
+    for path in [args.json, out / f"{protocol}.json" if out is not None else None]:
+        if path is not None:
+            write_json(path, result)
+            print(f"wrote {path}")
+    return EXIT_OK
+
+
 def run_eval(args: argparse.Namespace) -> int:
     """`fastssl eval`: probe a run's backbone (and, on request, the same backbone untrained)."""
     from fastssl.train import PretrainConfig, build_run_backbone, evaluate, load_backbone
@@ -397,6 +465,11 @@ def run_eval(args: argparse.Namespace) -> int:
     probes = ("knn", "linear") if args.probe == "both" else (args.probe,)
     size = args.size or config["size"]
     probe_input = METHODS[config["method"]].probe_input  # colorization's backbone sees lightness
+    if args.protocol != "probe" or args.freeze_sweep or args.labels_fraction or args.subset:
+        untrained = None
+        if args.random_init or args.freeze_sweep:
+            untrained = build_run_backbone(PretrainConfig(**config))[0]
+        return _run_transfer(args, backbone, untrained, config, size, probe_input)
     common = dict(
         size=size, test_data=args.test_data, probes=probes, device=args.device, backend=args.backend,
         input=probe_input,

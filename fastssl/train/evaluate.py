@@ -22,6 +22,21 @@ from fastssl.train.methods.colorization import lightness_input
 INPUTS = ("rgb", "lightness")
 
 
+def model_input(view: torch.Tensor, input: str) -> torch.Tensor:
+    """What the backbone takes from a loader view: the normalised RGB view itself, or for
+    `input` "lightness" (a uint8 view) its CIE L* as colorization trained it."""
+    if input == "lightness":
+        return lightness_input(lab_lightness(view.float() / 255))
+    return view
+
+
+def input_dtype(input: str) -> str:
+    """The view dtype a recipe must yield for `input` (`model_input`)."""
+    if input not in INPUTS:
+        raise ValueError(f"input must be one of {INPUTS}, got {input!r}")
+    return "uint8" if input == "lightness" else "float32"
+
+
 @torch.no_grad()
 def extract_features(
     backbone: nn.Module,
@@ -33,31 +48,25 @@ def extract_features(
     batch_size: int = 256,
     num_threads: int | None = None,
     input: str = "rgb",
+    subset: Any = None,
 ) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
     """(features (N, d) float32 on the CPU, labels (N,), keys) of every sample, from one centre view
     (shorter side resized to size * 8 / 7, centre crop), in the data set's own order. `input`
-    "lightness" feeds the backbone the view's CIE L* as colorization trained it, not RGB."""
-    if input not in INPUTS:
-        raise ValueError(f"input must be one of {INPUTS}, got {input!r}")
+    "lightness" feeds the backbone the view's CIE L* as colorization trained it, not RGB; `subset`
+    (keys or a subset file, as `SSLLoader`'s) restricts it to those samples."""
     device = torch.device(device)
-    lightness = input == "lightness"
-    recipe = Center(
-        size=size, resize=max(size, round(size * 8 / 7)), dtype="uint8" if lightness else "float32"
-    )
+    recipe = Center(size=size, resize=max(size, round(size * 8 / 7)), dtype=input_dtype(input))
     backbone = backbone.to(device).eval()
     feats, labels, keys = [], [], []
     with SSLLoader(
         data, recipe, batch_size, backend=backend, device=device, shuffle=False,
-        rank=0, world_size=1, num_threads=num_threads,
+        rank=0, world_size=1, num_threads=num_threads, subset=subset,
     ) as loader:  # fmt: skip
         if loader.manifest.classes is None:
             raise ValueError("evaluation needs labelled shards (a manifest with classes)")
         for batch in loader:
             keep = batch["valid"].cpu()
-            view = batch["views"][0]
-            if lightness:
-                view = lightness_input(lab_lightness(view.float() / 255))
-            feats.append(backbone(view).float().cpu()[keep])
+            feats.append(backbone(model_input(batch["views"][0], input)).float().cpu()[keep])
             labels.append(batch["label"].cpu()[keep])
             keys += [k for k, ok in zip(batch["key"], keep.tolist(), strict=True) if ok]
     return torch.cat(feats), torch.cat(labels), keys
