@@ -290,6 +290,12 @@ def _add_pretrain(sub: argparse._SubParsersAction) -> None:
         help="seconds a rank waits for a silent peer before failing (1800)",
     )
     p.add_argument("--allow-pipe", action="store_true", help="let DATA be a pipe: URL (runs a shell command)")
+    p.add_argument(
+        "--knn-every", type=int, default=0,
+        help="epochs between kNN accuracy monitors on --knn-data, in metrics.jsonl and TensorBoard (0: none)",
+    )  # fmt: skip
+    p.add_argument("--knn-data", default=None, help="held-out labelled shards the kNN monitor probes")
+    p.add_argument("--knn-test-data", default=None, help="its test set (20%% of --knn-data)")
     _add_remote(p)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 

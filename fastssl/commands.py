@@ -363,6 +363,9 @@ def run_pretrain(args: argparse.Namespace) -> int:
         cache_limit=args.cache_limit,
         read_order=args.read_order,
         download_ahead=args.download_ahead,
+        knn_every=args.knn_every,
+        knn_data=args.knn_data,
+        knn_test_data=args.knn_test_data,
         **getattr(args, "config_rest", {}),
     )
     try:

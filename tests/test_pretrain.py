@@ -3,6 +3,7 @@ on CPU, exact resumption after SIGKILL, and the evaluation command."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -253,3 +254,22 @@ def test_resume_on_another_number_of_ranks_continues_the_global_stream(shards, t
     assert sorted(got) == sorted(expected) == list(range(1, 7))
     assert all(got[s] == expected[s] for s in expected), "the resumed global stream differs"
     assert load_checkpoint(elastic / "checkpoint.pt")["step"] == 6
+
+
+def test_the_knn_monitor_logs_the_backbones_accuracy_every_n_epochs(shards, tmp_path):
+    from fastssl.train import evaluate, load_backbone
+
+    config = PretrainConfig(
+        data=str(shards), out=str(tmp_path / "run"), backbone="small_cnn", width=8, size=32,
+        batch_size=16, epochs=2, num_threads=1, progress=False, knn_every=1, knn_data=str(shards),
+    )  # fmt: skip
+    pretrain(config)
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    knn = [r for r in records if r.get("event") == "knn"]
+    assert [(r["epoch"], r["step"]) for r in knn] == [(0, 6), (1, 12)]  # 96 samples, batch 16
+    assert all(r["knn_train_samples"] + r["knn_test_samples"] == 96 for r in knn)
+    # the last one is the saved backbone's accuracy, as `fastssl eval` measures it
+    final = evaluate(load_backbone(tmp_path / "run")[0], str(shards), size=32, probes=("knn",))
+    assert knn[-1]["knn"] == pytest.approx(final["knn"])
+    with pytest.raises(ValueError, match="knn_every needs knn_data"):
+        pretrain(dataclasses.replace(config, knn_data=None, out=str(tmp_path / "other")))

@@ -79,6 +79,9 @@ class PretrainConfig:
     read_order: str = "auto"  # block for remote shard sets, global for local ones
     download_ahead: int = 4
     dist_timeout: float = 1800.0  # seconds a collective waits for a silent rank before failing
+    knn_every: int = 0  # epochs between kNN monitors on knn_data (0: none)
+    knn_data: str | None = None  # held-out labelled shards the monitor probes
+    knn_test_data: str | None = None  # its test set; None: a fixed 20% of knn_data by key
 
 
 def build_run_backbone(config: PretrainConfig) -> tuple[nn.Module, int]:
@@ -234,6 +237,8 @@ class _Metrics:
         if self.board is not None and "loss" in record:
             for name in ("loss", "lr", "images_per_s", "loader_wait"):
                 self.board.add_scalar(name, record[name], record["step"])
+        if self.board is not None and record.get("event") == "knn":
+            self.board.add_scalar("knn", record["knn"], record["step"])
 
     def close(self) -> None:
         if self.board is not None:
@@ -313,8 +318,32 @@ def _resumed_batch(state: dict[str, Any], world_size: int, asked: int, report: b
     return batch
 
 
+def _knn_monitor(method: Method, config: PretrainConfig, device: torch.device) -> dict[str, Any]:
+    """The kNN monitor of `knn_every`: weighted kNN accuracy of the backbone as it is now on the
+    held-out labelled set (centre views, the probe input the method trains its backbone on)."""
+    from fastssl.train.evaluate import evaluate
+
+    was_training = method.training
+    try:
+        result = evaluate(
+            method.backbone, config.knn_data, size=config.size, test_data=config.knn_test_data,
+            probes=("knn",), device=device, backend=config.backend, input=method.probe_input,
+        )  # fmt: skip
+    finally:
+        method.train(was_training)
+    return {
+        "knn": result["knn"],
+        "knn_train_samples": result["train_samples"],
+        "knn_test_samples": result["test_samples"],
+    }
+
+
 def pretrain(config: PretrainConfig) -> dict[str, Any]:
     """Run (or resume) a pretraining run; returns a summary (steps, last loss, rates, paths)."""
+    if config.knn_every < 0:
+        raise ValueError(f"knn_every must be 0 or more, got {config.knn_every}")
+    if config.knn_every and config.knn_data is None:
+        raise ValueError("knn_every needs knn_data: held-out labelled shards to probe")
     device = _device(config.device)
     _init_distributed(device, config.dist_timeout)
     rank, size = world()
@@ -493,6 +522,13 @@ def pretrain(config: PretrainConfig) -> dict[str, Any]:
                     break
             if rank == 0 and batch_seen is not None:
                 _save_pictures(method, batch_seen, out, epoch, autocast)
+            if config.knn_every and not stop and (epoch + 1) % config.knn_every == 0:
+                if rank == 0:
+                    metrics.log(
+                        {"event": "knn", "epoch": epoch, "step": step, **_knn_monitor(method, config, device)}
+                    )
+                if size > 1:  # the other ranks wait for rank 0's probe before the next epoch
+                    dist.barrier()
             if not stop:
                 save()  # the end of an epoch
     finally:
