@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from fastssl.data import fashion_mnist
 from fastssl.data.demo import build_demo_corpus, source_photos
 from fastssl.demo import run_demo
 
@@ -40,11 +41,16 @@ def test_demo_job_runs_end_to_end(tmp_path: Path, capsys):
     assert status == 0, out
     assert "each listed in rejects.jsonl with the expected reason: True" in out
     assert "40/40 samples, each exactly once: True" in out
+    assert "colour-distorted query: pretrained" in out
+    assert ("fmnist    SimCLR" if fashion_mnist.available() else "fmnist    skipped") in out
     assert sorted(p.name for p in (tmp_path / "demo" / "shards").glob("*.tar")) == [
         "shard-000000.tar",
         "shard-000001.tar",
         "shard-000002.tar",
     ]
     # a second run reuses the corpus and rewrites the shards
-    assert run_demo(tmp_path / "demo", num_images=40, workers=1, shard_size=16, progress=False) == 0
+    again = run_demo(
+        tmp_path / "demo", num_images=40, workers=1, shard_size=16, progress=False, pretrain_epochs=0
+    )
+    assert again == 0
     assert "reusing" in capsys.readouterr().out

@@ -331,12 +331,17 @@ class Rotation(Recipe):
 
 @dataclass(frozen=True)
 class Center(Recipe):
-    """One deterministic view for evaluation: shorter side resized to `resize`, the centre `size`
-    crop, no flip (the standard ImageNet evaluation transform, 256 -> 224)."""
+    """One view for evaluation: shorter side resized to `resize`, the centre `size` crop, no flip
+    (the standard ImageNet evaluation transform, 256 -> 224); deterministic unless given colour
+    distortion (`jitter` applied with `p_jitter`, grayscale with `p_gray`), for evaluating how
+    features hold up when colour no longer tells images apart."""
 
     name: ClassVar[str] = "center"
     size: int = 224
     resize: int = 256
+    jitter: tuple[float, float, float, float] = (0.0, 0.0, 0.0, 0.0)
+    p_jitter: float = 0.0
+    p_gray: float = 0.0
 
     def views(self) -> tuple[ViewSpec, ...]:
         return (self._view(crop="resize_center", p_flip=0.0),)

@@ -30,6 +30,12 @@ def model_input(view: torch.Tensor, input: str) -> torch.Tensor:
     return view
 
 
+def centre_view(size: int, **distortion: Any) -> Center:
+    """The evaluation view at `size`: shorter side resized to 8/7 of it, the centre crop, with
+    `distortion` (Center's jitter, p_jitter, p_gray) when given."""
+    return Center(size=size, resize=max(size, round(size * 8 / 7)), **distortion)
+
+
 def input_dtype(input: str) -> str:
     """The view dtype a recipe must yield for `input` (`model_input`)."""
     if input not in INPUTS:
@@ -49,13 +55,15 @@ def extract_features(
     num_threads: int | None = None,
     input: str = "rgb",
     subset: Any = None,
+    view: Center | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
     """(features (N, d) float32 on the CPU, labels (N,), keys) of every sample, from one centre view
     (shorter side resized to size * 8 / 7, centre crop), in the data set's own order. `input`
     "lightness" feeds the backbone the view's CIE L* as colorization trained it, not RGB; `subset`
-    (keys or a subset file, as `SSLLoader`'s) restricts it to those samples."""
+    (keys or a subset file, as `SSLLoader`'s) restricts it to those samples; `view` replaces the
+    centre view (its size and colour distortion; `centre_view` makes it)."""
     device = torch.device(device)
-    recipe = Center(size=size, resize=max(size, round(size * 8 / 7)), dtype=input_dtype(input))
+    recipe = (view or centre_view(size)).replace(dtype=input_dtype(input))
     backbone = backbone.to(device).eval()
     feats, labels, keys = [], [], []
     with SSLLoader(
@@ -161,18 +169,26 @@ def evaluate(
     device: torch.device | str = "cpu",
     backend: str = "auto",
     input: str = "rgb",
+    test_view: Center | None = None,
 ) -> dict[str, Any]:
     """Accuracies of the requested probes: trained on `data`, tested on `test_data` (or on a fixed
-    20% of `data` split by key when no test set is given); `input` as `extract_features`."""
+    20% of `data` split by key when no test set is given); `input` as `extract_features`;
+    `test_view` (a `centre_view` with colour distortion, say) is how the test images are seen."""
     common = dict(size=size, device=device, backend=backend, input=input)
     feats, labels, keys = extract_features(backbone, data, **common)
     if test_data is not None:
-        test_feats, test_labels, _ = extract_features(backbone, test_data, **common)
+        test_feats, test_labels, _ = extract_features(backbone, test_data, view=test_view, **common)
         train_feats, train_labels = feats, labels
     else:
         is_test = torch.from_numpy(split_by_key(keys))
         train_feats, train_labels = feats[~is_test], labels[~is_test]
-        test_feats, test_labels = feats[is_test], labels[is_test]
+        if test_view is None:
+            test_feats, test_labels = feats[is_test], labels[is_test]
+        else:  # the same test images, seen through the test view
+            test_keys = [k for k, t in zip(keys, is_test.tolist(), strict=True) if t]
+            test_feats, test_labels, _ = extract_features(
+                backbone, data, view=test_view, subset=test_keys, **common
+            )
     result: dict[str, Any] = {"train_samples": len(train_feats), "test_samples": len(test_feats)}
     if "knn" in probes:
         result["knn"] = knn_accuracy(train_feats, train_labels, test_feats, test_labels)
