@@ -155,6 +155,11 @@ class SSLLoader:
     `1percent.txt`; `fastssl.data.subset`) restricts every epoch to those samples, each read once
     per epoch across ranks, in the global read order.
 
+    `labels` (the path of a label sidecar, `fastssl.data.labels`, as `fastssl pseudo-label`
+    writes) gives every sample's `label` in place of the shards' `.cls` members, which are then
+    not read; every sample the loader reads must be labelled there. `num_classes` is the number of
+    classes the batches' labels come from (the sidecar's, else the manifest's; None unlabelled).
+
     Epochs advance by themselves after each complete pass; `set_epoch(e)` chooses one explicitly
     (as with DistributedSampler). `state_dict()` after k batches and `load_state_dict()` in a new
     loader continue the epoch at batch k, with the same samples and the same random parameters,
@@ -193,6 +198,7 @@ class SSLLoader:
         timeout: float = 60.0,
         storage_options: dict[str, Any] | None = None,
         subset: Sequence[str] | str | os.PathLike | None = None,
+        labels: str | os.PathLike | None = None,
     ) -> None:
         if read_order not in ("auto", *READ_ORDERS):
             raise ValueError(f"read_order must be 'auto', 'global' or 'block', got {read_order!r}")
@@ -273,6 +279,7 @@ class SSLLoader:
         # one source for the loader's life: indexes loaded and checksums verified once, not per epoch
         self._source = ByteSource(self.manifest, verify_checksums=verify_checksums, remote=self.remote)
         self.subset: np.ndarray | None = None  # global ids of the samples read, all when None
+        self.repeats = False  # whether `subset` is a draw naming samples more than once (set_draw)
         if subset is not None:
             if self.read_order != "global":
                 raise ValueError("a subset is read in the global order only (read_order='global')")
@@ -284,6 +291,20 @@ class SSLLoader:
             except BaseException:
                 self.close()
                 raise
+        self.label_table: np.ndarray | None = None  # labels by global id, from `labels`
+        classes = self.manifest.classes
+        self.num_classes: int | None = len(classes) if classes is not None else None
+        if labels is not None:
+            from fastssl.data.labels import label_table
+            from fastssl.data.subset import sample_keys
+
+            try:
+                table = label_table(labels, sample_keys(self._source), self.subset)
+            except BaseException:
+                self.close()
+                raise
+            self.label_table, self.num_classes = table.labels, table.classes
+        self._given = (self.subset, self.label_table, self.num_classes)  # what set_draw(None) restores
 
     # -- configuration -------------------------------------------------------------------------
     @staticmethod
@@ -356,6 +377,7 @@ class SSLLoader:
                 block_size=self.block_size,
                 nodes=self.nodes,
                 subset=self.subset,
+                repeats=self.repeats,
             )
             # this epoch's and the next one's (built ahead when the backend runs ahead)
             self._plans = {e: p for e, p in self._plans.items() if e in (epoch - 1, epoch + 1)}
@@ -364,6 +386,40 @@ class SSLLoader:
 
     def __len__(self) -> int:
         return len(self.plan())
+
+    def sample_keys(self) -> list[str]:
+        """Every sample's key, in global-id order (the ids of `subset`, `set_draw` and labels)."""
+        from fastssl.data.subset import sample_keys
+
+        return sample_keys(self._source)
+
+    def set_draw(
+        self, draw: np.ndarray | None, labels: np.ndarray | None = None, num_classes: int | None = None
+    ) -> None:
+        """From the next epoch's start on, read `draw` (global sample ids, in any order, a sample
+        possibly named several times or not at all: DeepCluster's sampling uniform over
+        clusters) in place of the whole set or the subset, and label each sample by `labels` (by
+        global id, -1 for none) when given. The plan stays deterministic from (seed, epoch, draw),
+        equal in batch count on every rank, and a state saved under a draw resumes under the same
+        draw. `set_draw(None)` goes back to what the loader was made with. Between epochs only."""
+        if 0 < self._batches_done < len(self.plan()):
+            raise ValueError("set_draw between epochs only: this epoch is partly read")
+        if draw is None:
+            subset, table, classes = self._given
+        else:
+            subset, table, classes = np.asarray(draw, dtype=np.int64), self.label_table, self.num_classes
+            if self.read_order != "global":
+                raise ValueError("a draw is read in the global order only (read_order='global')")
+            if labels is not None:
+                table = np.asarray(labels, dtype=np.int64)
+                if table.shape != (self.manifest.num_samples,):
+                    raise ValueError(f"labels must hold one entry per sample ({self.manifest.num_samples})")
+                classes = num_classes if num_classes is not None else int(table.max()) + 1
+        with self._lock:
+            self.subset, self.repeats = subset, draw is not None
+            self.label_table, self.num_classes = table, classes
+            self._plans, self._next_reader = {}, None
+            self._runs += 1  # a next epoch being prepared ahead under the old draw is not used
 
     def set_epoch(self, epoch: int) -> None:
         """Use epoch `epoch`'s order and random parameters from the next iteration on."""
@@ -409,7 +465,7 @@ class SSLLoader:
         # refuses a state saved for other shards; the plan it rebuilds is the one the loader reads
         resumed = EpochPlan.from_state(
             self.manifest, plan_state, world_size=self.world_size, rank=self.rank, nodes=self.nodes,
-            subset=self.subset,
+            subset=self.subset, repeats=self.repeats,
         )  # fmt: skip
         with self._lock:
             self._plans, self._next_reader = {resumed.epoch: resumed}, None
@@ -497,6 +553,7 @@ class SSLLoader:
             source=self._source,
             timings=self.timings,
             ahead=self.download_ahead,
+            label_table=self.label_table,
         )
 
     def _check_cache_holds(self, plan: EpochPlan, start: int) -> None:

@@ -356,14 +356,18 @@ class _FeederJob:
     def __init__(self, recipe: Recipe, reader: BatchReader, profile: bool) -> None:
         self.recipe, self.reader, self.profile = recipe, reader, profile
 
-    def setup(self, message: tuple[dict, set, tuple, np.ndarray | None]) -> None:
-        state, substitute, verdicts, subset = message
+    def setup(self, message: tuple) -> None:
+        """(plan state, samples to substitute, shard verdicts, (subset or draw, repeats), labels by id)."""
+        state, substitute, verdicts, (subset, repeats), label_table = message
         template = self.reader
         template.source.adopt(verdicts)  # shards the parent verified since this feeder forked
-        plan = EpochPlan.from_state(template.source.manifest, PlanState.from_dict(state), subset=subset)
+        plan = EpochPlan.from_state(
+            template.source.manifest, PlanState.from_dict(state), subset=subset, repeats=repeats
+        )
         self.reader = BatchReader(
             template.source.manifest, plan, self.recipe, on_error=template.on_error,
             max_pixels=template.max_pixels, source=template.source, ahead=template.ahead,
+            label_table=label_table,
         )  # fmt: skip
         self.reader.substitute = set(substitute)
 
@@ -510,7 +514,10 @@ class DaliBackend:
         if self._running:
             self._ensure_feeders(reader, numbers[0])
             plan = reader.plan
-            setup = (plan.state(0).to_dict(), set(reader.substitute), reader.source.verdicts(), plan.subset)
+            setup = (
+                plan.state(0).to_dict(), set(reader.substitute), reader.source.verdicts(),
+                (plan.subset, plan.repeats), reader.label_table,
+            )  # fmt: skip
             self._feeders.start(numbers, setup)
 
     def run(

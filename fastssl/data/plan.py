@@ -73,8 +73,9 @@ def data_fingerprint(data: Manifest | Sequence[int] | np.ndarray, subset: np.nda
     return digest.hexdigest()[:16]
 
 
-def _checked_subset(subset: np.ndarray | Sequence[int], total: int) -> np.ndarray:
-    """The subset's global ids, sorted; refused when empty, repeated or out of range."""
+def _checked_subset(subset: np.ndarray | Sequence[int], total: int, repeats: bool = False) -> np.ndarray:
+    """The subset's global ids, sorted; refused when empty, out of range or (unless `repeats`)
+    repeated."""
     ids = np.asarray(subset)
     if ids.ndim != 1 or (ids.size and ids.dtype.kind not in "iu"):
         raise ValueError("a subset is a 1-D sequence of global sample ids")
@@ -83,7 +84,7 @@ def _checked_subset(subset: np.ndarray | Sequence[int], total: int) -> np.ndarra
         raise ValueError("the subset is empty")
     if ids[0] < 0 or ids[-1] >= total:
         raise ValueError(f"subset ids must lie in 0..{total - 1}, got {int(ids[0])}..{int(ids[-1])}")
-    if (np.diff(ids) == 0).any():
+    if not repeats and (np.diff(ids) == 0).any():
         raise ValueError(f"the subset names sample {int(ids[1:][np.diff(ids) == 0][0])} more than once")
     return ids
 
@@ -296,6 +297,9 @@ class EpochPlan:
     `version=1` rebuilds the plan of a state saved before the global stream existed.
     `subset` (global order only) restricts the epoch to those global sample ids, each read once
     per epoch, in an order that depends on (seed, epoch) alone; the state's fingerprint covers it.
+    With `repeats` the subset is a draw that may name a sample several times (DeepCluster's
+    sampling uniform over clusters, `fastssl.train.deepcluster`): each entry is read once, so a
+    sample named twice is read twice and one not named not at all, by design.
     """
 
     def __init__(
@@ -315,6 +319,7 @@ class EpochPlan:
         nodes: int = 1,
         version: int = PLAN_VERSION,
         subset: np.ndarray | Sequence[int] | None = None,
+        repeats: bool = False,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
@@ -328,7 +333,8 @@ class EpochPlan:
             raise ValueError(f"plan version {version!r} with order {order!r} does not exist")
         self._data = data
         self.sizes = _sizes_of(data)
-        self.subset = None if subset is None else _checked_subset(subset, int(self.sizes.sum()))
+        self.subset = None if subset is None else _checked_subset(subset, int(self.sizes.sum()), repeats)
+        self.repeats = repeats and subset is not None
         if self.subset is not None and (order != "global" or version == 1):
             raise ValueError("a subset is read in the global order only (read_order='global')")
         self.epoch, self.seed, self.batch_size = epoch, seed, batch_size
@@ -513,12 +519,13 @@ class EpochPlan:
         rank: int | None = None,
         nodes: int | None = None,
         subset: np.ndarray | Sequence[int] | None = None,
+        repeats: bool = False,
     ) -> EpochPlan:
         """Rebuild a state's global stream, as seen by `rank` of `world_size` on `nodes` nodes
         (default: whoever saved it), over `subset` when the saved plan read one; refuses a state
         made for other data or another subset, and a world size the global batch does not divide
         by (or, for a version-1 state, any other than its own)."""
-        checked = None if subset is None else _checked_subset(subset, int(_sizes_of(data).sum()))
+        checked = None if subset is None else _checked_subset(subset, int(_sizes_of(data).sum()), repeats)
         fingerprint = data_fingerprint(data, checked)
         if fingerprint != state.data_fingerprint:
             raise ValueError(
@@ -554,6 +561,7 @@ class EpochPlan:
             nodes=nodes,
             version=state.version,
             subset=checked,
+            repeats=repeats,
         )
         plan.__dict__["fingerprint"] = fingerprint  # already computed: fill the cached_property
         return plan

@@ -87,6 +87,7 @@ class BatchReader:
         source: ByteSource | None = None,
         timings: dict[str, float] | None = None,
         ahead: int = 0,
+        label_table: np.ndarray | None = None,
     ) -> None:
         if on_error not in ("raise", "skip"):
             raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
@@ -94,7 +95,9 @@ class BatchReader:
         self.recipe = recipe
         self.on_error = on_error
         self.max_pixels = max_pixels
-        self.labelled = manifest.classes is not None
+        # labels by global sample id from a sidecar (`fastssl.data.labels`), read in place of `.cls`
+        self.label_table = label_table
+        self.labelled = manifest.classes is not None and label_table is None
         self.source = source or ByteSource(manifest, verify_checksums=verify_checksums)
         # (shard, key) of samples found undecodable under on_error="skip": fed as a placeholder
         self.substitute: set[tuple[str, str]] = set()
@@ -136,12 +139,14 @@ class BatchReader:
         labels = None
         if self.labelled:
             labels, parsed = parse_labels(got.buf, got.start[:, 1], got.size[:, 1])
+        elif self.label_table is not None:
+            labels = self.label_table[entries.global_id]
         lap("labels")
         # Everything the batched pass did not vouch for goes through the per-sample checks, whose
         # verdicts and messages are the ones users see: a slow read, a JPEG the kernel leaves to PIL,
         # a label it leaves to parse_label, a sample known to fail decoding.
         doubt = got.slow | (codes != OK)
-        if labels is not None:
+        if self.labelled:
             doubt |= ~parsed
         if self.substitute:
             pairs = zip(shards, keys, strict=True)
@@ -159,11 +164,11 @@ class BatchReader:
                 jpeg, heights[i], widths[i], label = self._one_by_one(
                     int(entries.shard[i]), int(entries.sample[i]), shards[i], keys[i], exts,
                     None if got.slow[i] else got.buf[got.start[i, 0] : got.start[i, 0] + sizes[i]],
-                    None if got.slow[i] or labels is None or parsed[i]
+                    None if got.slow[i] or not self.labelled or parsed[i]
                     else got.buf[got.start[i, 1] : got.start[i, 1] + got.size[i, 1]],
                 )  # fmt: skip
                 self._place(jpegs, into, i, jpeg, sizes)
-                if labels is not None and label is not None:
+                if self.labelled and label is not None:
                     labels[i] = label
             except DataError as err:
                 if self.on_error == "raise":
