@@ -219,7 +219,7 @@ def _add_pretrain(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--method", default="simclr",
         help="simclr, mocov2, mocov3, byol, dino, rotnet, jigsaw, context, cpc, colorization, inpainting, "
-        "superres (simclr)",
+        "superres, deepcluster, supervised (class labels: the shards' or --labels) (simclr)",
     )  # fmt: skip
     p.add_argument(
         "--method-option", dest="method_option", action="append", type=_key_value, default=[],
@@ -296,6 +296,10 @@ def _add_pretrain(sub: argparse._SubParsersAction) -> None:
     )  # fmt: skip
     p.add_argument("--knn-data", default=None, help="held-out labelled shards the kNN monitor probes")
     p.add_argument("--knn-test-data", default=None, help="its test set (20%% of --knn-data)")
+    p.add_argument(
+        "--labels", default=None,
+        help="a label sidecar (fastssl pseudo-label writes one) read in place of the shards' .cls",
+    )  # fmt: skip
     _add_remote(p)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -346,6 +350,29 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     transfer.add_argument("--out", type=Path, default=None, help="folder for the JSON, plots and subsets")
 
 
+def _add_pseudo_label(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "pseudo-label",
+        help="cluster a run's features into a label sidecar (knowledge transfer by clustering)",
+        description=(
+            "Extract RUN's backbone features of --data (one centre view per image), PCA-whiten them "
+            "(256 dimensions), L2-normalise, k-means them into --clusters clusters (faiss when "
+            "installed, else torch) and write each sample's cluster as a label sidecar to --out, "
+            "for `fastssl pretrain DATA --method supervised --labels LABELS`."
+        ),
+    )
+    p.add_argument("run", type=Path, help="run folder of `fastssl pretrain`")
+    p.add_argument("--data", required=True, help="shard folder or manifest.json (labels not needed)")
+    p.add_argument("--clusters", type=_positive, default=2000, help="k (2000, as Noroozi et al.)")
+    p.add_argument("--out", type=Path, required=True, help="the label file to write")
+    p.add_argument("--pca-dim", type=_positive, default=256, help="whitened dimensions (256)")
+    p.add_argument("--niter", type=_positive, default=20, help="k-means iterations (20)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--kmeans", choices=("auto", "faiss", "torch"), default="auto", help="implementation")
+    p.add_argument("--device", default="cpu", help="where features are computed (and torch k-means runs)")
+    p.add_argument("--workers", type=_positive, default=None, help="loader threads")
+
+
 def _add_colour_prior(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "colour-prior",
@@ -392,6 +419,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_perms(sub)
     _add_pretrain(sub)
     _add_eval(sub)
+    _add_pseudo_label(sub)
     _add_colour_prior(sub)
     _add_fashion_mnist(sub)
     return parser
@@ -474,6 +502,7 @@ def main(argv: list[str] | None = None) -> int:
         "perms": commands.run_perms,
         "pretrain": commands.run_pretrain,
         "eval": commands.run_eval,
+        "pseudo-label": commands.run_pseudo_label,
         "colour-prior": commands.run_colour_prior,
         "fashion-mnist": commands.run_fashion_mnist,
     }[args.command]

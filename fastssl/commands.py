@@ -366,6 +366,7 @@ def run_pretrain(args: argparse.Namespace) -> int:
         knn_every=args.knn_every,
         knn_data=args.knn_data,
         knn_test_data=args.knn_test_data,
+        labels=args.labels,
         **getattr(args, "config_rest", {}),
     )
     try:
@@ -492,6 +493,33 @@ def run_eval(args: argparse.Namespace) -> int:
     if args.json:
         write_json(args.json, result)
         print(f"wrote {args.json}")
+    return EXIT_OK
+
+
+def run_pseudo_label(args: argparse.Namespace) -> int:
+    """`fastssl pseudo-label`: a run's clustered features of a shard set as a label sidecar."""
+    from fastssl.train.pseudo_label import pseudo_label
+
+    try:
+        facts = pseudo_label(
+            args.run, args.data, args.out, clusters=args.clusters, pca_dim=args.pca_dim, niter=args.niter,
+            seed=args.seed, backend=args.kmeans, device=args.device, num_threads=args.workers,
+        )  # fmt: skip
+    except (ValueError, FileNotFoundError, ImportError, DataError) as err:
+        _err(str(err))
+        return EXIT_FAILED
+    sizes = facts["sizes"]
+    print(
+        f"{facts['samples']} samples in {facts['clusters']} clusters ({facts['backend']} k-means, "
+        f"{facts['niter']} iterations on {facts['pca_dim']} whitened dimensions, {facts['seconds']:.1f} s): "
+        f"sizes {sizes['min']}-{sizes['max']} (median {sizes['median']:g}), {facts['resplits']} empty "
+        f"clusters re-split, {facts['empty']} left empty"
+        + (f"; NMI with the shards' labels {facts['nmi']:.3f}" if "nmi" in facts else "")
+    )
+    print(
+        f"wrote {facts['out']}; train on it: fastssl pretrain {args.data} --method supervised "
+        f"--labels {facts['out']}"
+    )
     return EXIT_OK
 
 

@@ -56,12 +56,14 @@ def extract_features(
     input: str = "rgb",
     subset: Any = None,
     view: Center | None = None,
+    need_labels: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
     """(features (N, d) float32 on the CPU, labels (N,), keys) of every sample, from one centre view
     (shorter side resized to size * 8 / 7, centre crop), in the data set's own order. `input`
     "lightness" feeds the backbone the view's CIE L* as colorization trained it, not RGB; `subset`
     (keys or a subset file, as `SSLLoader`'s) restricts it to those samples; `view` replaces the
-    centre view (its size and colour distortion; `centre_view` makes it)."""
+    centre view (its size and colour distortion; `centre_view` makes it). Without `need_labels`
+    unlabelled shards are welcome, their labels -1."""
     device = torch.device(device)
     recipe = (view or centre_view(size)).replace(dtype=input_dtype(input))
     backbone = backbone.to(device).eval()
@@ -70,12 +72,13 @@ def extract_features(
         data, recipe, batch_size, backend=backend, device=device, shuffle=False,
         rank=0, world_size=1, num_threads=num_threads, subset=subset,
     ) as loader:  # fmt: skip
-        if loader.manifest.classes is None:
+        if loader.manifest.classes is None and need_labels:
             raise ValueError("evaluation needs labelled shards (a manifest with classes)")
         for batch in loader:
             keep = batch["valid"].cpu()
             feats.append(backbone(model_input(batch["views"][0], input)).float().cpu()[keep])
-            labels.append(batch["label"].cpu()[keep])
+            label = batch["label"]
+            labels.append(label.cpu()[keep] if label is not None else torch.full((int(keep.sum()),), -1))
             keys += [k for k, ok in zip(batch["key"], keep.tolist(), strict=True) if ok]
     return torch.cat(feats), torch.cat(labels), keys
 
