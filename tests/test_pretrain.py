@@ -38,7 +38,10 @@ def _env() -> dict[str, str]:
 
 @pytest.mark.parametrize("method", sorted(METHODS))
 def test_every_method_trains_and_writes_its_run(shards, tmp_path, method):
-    options = {"mocov2": {"queue_size": 64}, "dino": {"out_dim": 64, "hidden": 32, "bottleneck": 16}}
+    options = {
+        "mocov2": {"queue_size": 64}, "dino": {"out_dim": 64, "hidden": 32, "bottleneck": 16},
+        "deepcluster": {"clusters": 8},
+    }  # fmt: skip
     config = PretrainConfig(
         data=str(shards), out=str(tmp_path / method), method=method, backbone="small_cnn", width=8,
         size=32, batch_size=16, max_steps=3, log_every=1, num_threads=1, progress=False,
@@ -49,6 +52,9 @@ def test_every_method_trains_and_writes_its_run(shards, tmp_path, method):
     state = load_checkpoint(tmp_path / method / "checkpoint.pt")
     assert state["step"] == 3 and state["config"]["method"] == method and len(state["loaders"]) == 1
     records = [json.loads(line) for line in (tmp_path / method / "metrics.jsonl").read_text().splitlines()]
+    events = [r["event"] for r in records if "event" in r]
+    assert events == (["clusters"] if method == "deepcluster" else [])  # DeepCluster's before epoch 0
+    records = [r for r in records if "event" not in r]
     assert [r["step"] for r in records] == [1, 2, 3]
     assert set(records[0]) >= {"epoch", "step", "loss", "lr", "images_per_s", "loader_wait"}
     assert all(0 <= r["loader_wait"] <= 1 for r in records)

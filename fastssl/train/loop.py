@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import inspect
 import json
 import os
 import random
@@ -82,6 +83,7 @@ class PretrainConfig:
     knn_every: int = 0  # epochs between kNN monitors on knn_data (0: none)
     knn_data: str | None = None  # held-out labelled shards the monitor probes
     knn_test_data: str | None = None  # its test set; None: a fixed 20% of knn_data by key
+    labels: str | None = None  # a label sidecar read in place of the shards' .cls (fastssl.data.labels)
 
 
 def build_run_backbone(config: PretrainConfig) -> tuple[nn.Module, int]:
@@ -93,13 +95,42 @@ def build_run_backbone(config: PretrainConfig) -> tuple[nn.Module, int]:
     )
 
 
+def with_class_count(config: PretrainConfig) -> PretrainConfig:
+    """`config` with `num_classes` among the method options of a method that classifies
+    (supervised) and was not given one: the label sidecar's class count, else the local shard
+    set's. Saved so, a run's config rebuilds its method alone."""
+    accepted = (
+        inspect.signature(METHODS[config.method].__init__).parameters if config.method in METHODS else {}
+    )
+    if "num_classes" not in accepted or "num_classes" in config.method_options:
+        return config
+    if config.labels is not None:
+        from fastssl.data.labels import label_file_classes
+
+        classes = label_file_classes(config.labels)
+    else:
+        from fastssl.data.store import is_remote
+        from fastssl.loader import resolve_data
+
+        names = (
+            None
+            if is_remote(config.data)
+            else resolve_data(config.data, allow_pipe=config.allow_pipe).classes
+        )
+        if names is None:
+            raise ValueError(
+                f"method {config.method!r} needs labels: shards with classes, a label sidecar (labels=, "
+                "--labels), or the method option num_classes"
+            )
+        classes = len(names)
+    return dataclasses.replace(config, method_options={**config.method_options, "num_classes": classes})
+
+
 def build_method(config: PretrainConfig) -> Method:
     """The configured method around the configured backbone."""
     if config.method not in METHODS:
         raise ValueError(f"unknown method {config.method!r}; known: {', '.join(METHODS)}")
     backbone, dim = build_run_backbone(config)
-    import inspect
-
     accepted = inspect.signature(METHODS[config.method].__init__).parameters
     unknown = sorted(set(config.method_options) - set(accepted) - {"self", "backbone", "feature_dim"})
     if unknown:
@@ -338,6 +369,50 @@ def _knn_monitor(method: Method, config: PretrainConfig, device: torch.device) -
     }
 
 
+def _recluster(
+    method: Method, config: PretrainConfig, keys: list[str], device: torch.device, epoch: int
+) -> tuple[np.ndarray, dict[str, Any] | None]:
+    """DeepCluster's clustering before `epoch`: rank 0 extracts and clusters (the others wait in
+    the broadcast of its assignments, one int64 per sample); its facts are rank 0's only."""
+    from fastssl.train.deepcluster import cluster_epoch
+
+    rank, size = world()
+    facts = None
+    if rank == 0:
+        started = time.perf_counter()
+        assignments, facts = cluster_epoch(
+            method.backbone, config.data, keys, clusters=method.clusters, size=config.size, seed=config.seed,
+            epoch=epoch, pca_dim=method.pca_dim, niter=method.niter, backend=method.kmeans, device=device,
+            num_threads=config.num_threads, input=method.probe_input, loader_backend=config.backend,
+        )  # fmt: skip
+        facts["seconds"] = round(time.perf_counter() - started, 2)
+    else:
+        assignments = np.empty(len(keys), dtype=np.int64)
+    if size > 1:
+        shared = torch.from_numpy(assignments).to(device)
+        dist.broadcast(shared, src=0)
+        assignments = shared.cpu().numpy()
+    return assignments, facts
+
+
+def _use_clusters(
+    method: Method, optimizer: torch.optim.Optimizer, loader: SSLLoader, assignments: np.ndarray,
+    seed: int, epoch: int, *, fresh: bool,
+) -> dict[str, int]:  # fmt: skip
+    """The loader reads the epoch's draw uniform over the clusters, labelled by them; with `fresh`
+    the classifier and its optimiser state start anew (DeepCluster's new top layer per epoch).
+    Returns the draw's coverage (samples drawn twice, not at all)."""
+    from fastssl.train.deepcluster import draw_coverage, uniform_draw
+
+    if fresh:
+        method.reset_classifier(seed=seed, epoch=epoch)
+        for parameter in method.classifier.parameters():
+            optimizer.state.pop(parameter, None)
+    draw = uniform_draw(assignments, seed, epoch)
+    loader.set_draw(draw, labels=assignments, num_classes=method.clusters)
+    return draw_coverage(draw, assignments)
+
+
 def pretrain(config: PretrainConfig) -> dict[str, Any]:
     """Run (or resume) a pretraining run; returns a summary (steps, last loss, rates, paths)."""
     if config.knn_every < 0:
@@ -351,6 +426,7 @@ def pretrain(config: PretrainConfig) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     if rank == 0:  # the one writer of checkpoints clears what a killed writer left
         _clear_stale_temporaries(out / CHECKPOINT)
+    config = with_class_count(config)
     method = build_method(config)
     recipe = build_recipe(method, config)
     checkpoint_path = out / CHECKPOINT
@@ -374,6 +450,7 @@ def pretrain(config: PretrainConfig) -> dict[str, Any]:
         cache_limit=config.cache_limit,
         read_order=config.read_order,
         download_ahead=config.download_ahead,
+        labels=config.labels,
     )
     cuda = device.type == "cuda"
     channels_last = cuda if config.channels_last is None else config.channels_last
@@ -389,6 +466,9 @@ def pretrain(config: PretrainConfig) -> dict[str, Any]:
     warmup = int(config.warmup_epochs * steps_per_epoch)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: warmup_cosine(s, total, warmup))
     step = 0
+    reclusters = getattr(method, "reclusters", False)
+    keys = loader.sample_keys() if reclusters else []
+    clusters: dict[str, Any] | None = None  # the current epoch's assignments (DeepCluster)
     if state is not None:
         saved = state["config"]
         differ = [
@@ -401,6 +481,12 @@ def pretrain(config: PretrainConfig) -> dict[str, Any]:
         method.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
+        if reclusters and state.get("clusters") is not None:  # the saved epoch's labels and draw
+            clusters = state["clusters"]
+            _use_clusters(
+                method, optimizer, loader, clusters["assignments"].numpy(), config.seed, clusters["epoch"],
+                fresh=False,
+            )  # fmt: skip
         # every rank's loader state holds the same global position; on another world size the
         # ranks beyond the saved ones take a saved rank's generators (model numerics may differ)
         loader.load_state_dict(state["loaders"][rank % len(state["loaders"])])
@@ -441,6 +527,8 @@ def pretrain(config: PretrainConfig) -> dict[str, Any]:
                 "step": step,
                 "config": dataclasses.asdict(config),
             }
+            if clusters is not None:
+                state["clusters"] = clusters
             save_checkpoint(checkpoint_path, state)
 
     images = waited = 0.0
@@ -455,6 +543,16 @@ def pretrain(config: PretrainConfig) -> dict[str, Any]:
         sync.__enter__()
         while loader.epoch < config.epochs and not stop:
             epoch = loader.epoch
+            if reclusters and (clusters is None or epoch - clusters["epoch"] >= method.reassign):
+                assignments, facts = _recluster(method, config, keys, device, epoch)
+                coverage = _use_clusters(
+                    method, optimizer, loader, assignments, config.seed, epoch, fresh=True
+                )
+                clusters = {"epoch": epoch, "assignments": torch.from_numpy(assignments)}
+                if rank == 0:
+                    metrics.log(
+                        {"event": "clusters", "epoch": epoch, "step": step, **(facts or {}), **coverage}
+                    )
             model.train()
             method.on_epoch(epoch, config.epochs)
             batch_seen = None  # the epoch's last batch, for the pictures a pretext draws of it

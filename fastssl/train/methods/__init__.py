@@ -7,6 +7,7 @@ from fastssl.train.methods.byol import BYOL
 from fastssl.train.methods.colorization import Colorization
 from fastssl.train.methods.context import ContextPrediction
 from fastssl.train.methods.cpc import CPC
+from fastssl.train.methods.deepcluster import DeepCluster
 from fastssl.train.methods.dino import DINO
 from fastssl.train.methods.inpainting import Inpainting
 from fastssl.train.methods.jigsaw import Jigsaw
@@ -15,12 +16,13 @@ from fastssl.train.methods.mocov3 import MoCoV3
 from fastssl.train.methods.rotnet import RotNet
 from fastssl.train.methods.simclr import SimCLR
 from fastssl.train.methods.superres import SuperResolution
+from fastssl.train.methods.supervised import Supervised
 
 METHODS: dict[str, type[Method]] = {
     m.name: m
     for m in (
         SimCLR, MoCoV2, MoCoV3, BYOL, DINO, RotNet, Jigsaw, ContextPrediction, CPC, Colorization, Inpainting,
-        SuperResolution,
+        SuperResolution, Supervised, DeepCluster,
     )
 }  # fmt: skip
 
@@ -29,6 +31,7 @@ __all__ = [
     "CPC",
     "Colorization",
     "DINO",
+    "DeepCluster",
     "Inpainting",
     "METHODS",
     "ContextPrediction",
@@ -39,4 +42,5 @@ __all__ = [
     "RotNet",
     "SimCLR",
     "SuperResolution",
+    "Supervised",
 ]
