@@ -209,6 +209,35 @@ def _add_pretrain(sub: argparse._SubParsersAction) -> None:
             "`torchrun --nproc-per-node N fastssl pretrain ...` each rank reads its share."
         ),
     )
+    _training_arguments(p)
+
+
+def _add_distill(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "distill",
+        help="distil a teacher run into a student backbone (KD, FitNets, RKD, embedding)",
+        description=(
+            "Train --student on DATA from the frozen --teacher run's outputs on the same views in the "
+            "same step (fastssl.train.methods.distill): kd (Hinton: T 4, alpha 0.9; the teacher needs "
+            "class logits, a run of --method supervised), fitnets (a hint regressor, beta 100), rkd "
+            "(distance 25, angle 50), embedding (the teacher's normalised embedding; no labels). Writes "
+            "RUN/ as `fastssl pretrain` does, with the same options, DDP, checkpoints and --resume. "
+            "The same student trained alone: `fastssl pretrain DATA --method supervised --backbone ...`."
+        ),
+    )
+    _training_arguments(p)
+    g = p.add_argument_group("distillation")
+    g.add_argument("--teacher", type=Path, required=True, help="the teacher's run folder")
+    g.add_argument("--student", default="small_cnn", help="the student's backbone (small_cnn)")
+    g.add_argument("--kind", choices=("kd", "fitnets", "rkd", "embedding"), default="kd", help="(kd)")
+    g.add_argument("--alpha", type=float, default=None, help="kd: the KL term's weight (0.9)")
+    g.add_argument(
+        "--hint", type=int, default=None, help="fitnets: the student stage whose output is the hint (2)"
+    )
+
+
+def _training_arguments(p: argparse.ArgumentParser) -> None:
+    """The options `fastssl pretrain` and `fastssl distill` share."""
     p.add_argument("data", nargs="?", help="shard folder or manifest.json (or the --config run's)")
     p.add_argument("--out", type=Path, default=None, help="run folder (required unless --config gives it)")
     p.add_argument(
@@ -296,6 +325,9 @@ def _add_pretrain(sub: argparse._SubParsersAction) -> None:
     )  # fmt: skip
     p.add_argument("--knn-data", default=None, help="held-out labelled shards the kNN monitor probes")
     p.add_argument("--knn-test-data", default=None, help="its test set (20%% of --knn-data)")
+    p.add_argument(
+        "--monitor-linear", action="store_true", help="the monitor also reports linear-probe accuracy"
+    )
     p.add_argument(
         "--labels", default=None,
         help="a label sidecar (fastssl pseudo-label writes one) read in place of the shards' .cls",
@@ -418,6 +450,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_bench(sub)
     _add_perms(sub)
     _add_pretrain(sub)
+    _add_distill(sub)
     _add_eval(sub)
     _add_pseudo_label(sub)
     _add_colour_prior(sub)
@@ -480,13 +513,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     from fastssl import commands  # imported late so that `--help` stays fast
 
-    if args.command == "pretrain" and args.config is not None:
+    if args.command in ("pretrain", "distill") and args.config is not None:
         # the earlier run's settings become the defaults, so that what is given here overrides them
         try:
             defaults = commands.pretrain_defaults(args.config)
         except (OSError, ValueError) as err:
             parser.error(f"--config {args.config}: {err}")
-        pretrain_parser = parser._subparsers._group_actions[0].choices["pretrain"]  # noqa: SLF001
+        pretrain_parser = parser._subparsers._group_actions[0].choices[args.command]  # noqa: SLF001
         pretrain_parser.set_defaults(**defaults)
         args = parser.parse_args(argv)
 
@@ -501,6 +534,7 @@ def main(argv: list[str] | None = None) -> int:
         "bench": commands.run_bench,
         "perms": commands.run_perms,
         "pretrain": commands.run_pretrain,
+        "distill": commands.run_distill,
         "eval": commands.run_eval,
         "pseudo-label": commands.run_pseudo_label,
         "colour-prior": commands.run_colour_prior,

@@ -310,6 +310,14 @@ def pretrain_defaults(path: Path) -> dict[str, Any]:
     return defaults
 
 
+def run_distill(args: argparse.Namespace) -> int:
+    """`fastssl distill`: `fastssl pretrain` with the distill method around the student backbone."""
+    args.method, args.backbone = "distill", args.student
+    given = {"teacher": str(args.teacher), "kind": args.kind, "alpha": args.alpha, "hint": args.hint}
+    args.method_option = [*((k, v) for k, v in given.items() if v is not None), *args.method_option]
+    return run_pretrain(args)
+
+
 def run_pretrain(args: argparse.Namespace) -> int:
     """`fastssl pretrain`: build the config from the arguments (over `--config`'s run) and run it."""
     from fastssl.train import PretrainConfig, pretrain
@@ -366,6 +374,7 @@ def run_pretrain(args: argparse.Namespace) -> int:
         knn_every=args.knn_every,
         knn_data=args.knn_data,
         knn_test_data=args.knn_test_data,
+        monitor_linear=args.monitor_linear,
         labels=args.labels,
         **getattr(args, "config_rest", {}),
     )

@@ -83,6 +83,31 @@ def extract_features(
     return torch.cat(feats), torch.cat(labels), keys
 
 
+class _Scores(nn.Module):
+    """A method's class scores as the "features" extract_features collects."""
+
+    def __init__(self, method: nn.Module) -> None:
+        super().__init__()
+        self.method = method
+
+    def forward(self, views: torch.Tensor) -> torch.Tensor:
+        return self.method.logits(views)
+
+
+def classifier_accuracy(
+    method: nn.Module, data: Any, *, size: int, device: torch.device | str = "cpu", backend: str = "auto",
+    num_threads: int | None = None,
+) -> float:  # fmt: skip
+    """Top-1 accuracy of a method's own classifier (its `logits(views)`: supervised, distill) on
+    the centre views of labelled `data`."""
+    if not hasattr(method, "logits"):
+        raise ValueError(f"{type(method).__name__} has no classifier of its own (no logits)")
+    scores, labels, _ = extract_features(
+        _Scores(method), data, size=size, device=device, backend=backend, num_threads=num_threads
+    )
+    return float((scores.argmax(1) == labels).float().mean())
+
+
 def knn_accuracy(
     train: torch.Tensor,
     train_labels: torch.Tensor,

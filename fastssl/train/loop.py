@@ -83,6 +83,7 @@ class PretrainConfig:
     knn_every: int = 0  # epochs between kNN monitors on knn_data (0: none)
     knn_data: str | None = None  # held-out labelled shards the monitor probes
     knn_test_data: str | None = None  # its test set; None: a fixed 20% of knn_data by key
+    monitor_linear: bool = False  # the monitor also trains the linear probe (evaluate's) each time
     labels: str | None = None  # a label sidecar read in place of the shards' .cls (fastssl.data.labels)
 
 
@@ -95,35 +96,42 @@ def build_run_backbone(config: PretrainConfig) -> tuple[nn.Module, int]:
     )
 
 
-def with_class_count(config: PretrainConfig) -> PretrainConfig:
-    """`config` with `num_classes` among the method options of a method that classifies
-    (supervised) and was not given one: the label sidecar's class count, else the local shard
-    set's. Saved so, a run's config rebuilds its method alone."""
+def with_derived_options(config: PretrainConfig) -> PretrainConfig:
+    """`config` with the method options a method takes but was not given that the run itself
+    decides: `num_classes` (supervised, distill) from the label sidecar, else the local shard
+    set's classes, and `image_size` (distill's) from `size`. Saved so, a run's config rebuilds
+    its method alone."""
     accepted = (
         inspect.signature(METHODS[config.method].__init__).parameters if config.method in METHODS else {}
     )
-    if "num_classes" not in accepted or "num_classes" in config.method_options:
-        return config
-    if config.labels is not None:
-        from fastssl.data.labels import label_file_classes
-
-        classes = label_file_classes(config.labels)
-    else:
-        from fastssl.data.store import is_remote
-        from fastssl.loader import resolve_data
-
-        names = (
-            None
-            if is_remote(config.data)
-            else resolve_data(config.data, allow_pipe=config.allow_pipe).classes
-        )
-        if names is None:
+    options = dict(config.method_options)
+    if "image_size" in accepted and "image_size" not in options:
+        options["image_size"] = config.size
+    if "num_classes" in accepted and "num_classes" not in options:
+        classes = _class_count(config)
+        if classes is not None:
+            options["num_classes"] = classes
+        elif accepted["num_classes"].default is inspect.Parameter.empty:
             raise ValueError(
                 f"method {config.method!r} needs labels: shards with classes, a label sidecar (labels=, "
                 "--labels), or the method option num_classes"
             )
-        classes = len(names)
-    return dataclasses.replace(config, method_options={**config.method_options, "num_classes": classes})
+    return dataclasses.replace(config, method_options=options) if options != config.method_options else config
+
+
+def _class_count(config: PretrainConfig) -> int | None:
+    """The run's number of classes: the label sidecar's, else the local shard set's, else None."""
+    if config.labels is not None:
+        from fastssl.data.labels import label_file_classes
+
+        return label_file_classes(config.labels)
+    from fastssl.data.store import is_remote
+    from fastssl.loader import resolve_data
+
+    names = (
+        None if is_remote(config.data) else resolve_data(config.data, allow_pipe=config.allow_pipe).classes
+    )
+    return None if names is None else len(names)
 
 
 def build_method(config: PretrainConfig) -> Method:
@@ -269,7 +277,9 @@ class _Metrics:
             for name in ("loss", "lr", "images_per_s", "loader_wait"):
                 self.board.add_scalar(name, record[name], record["step"])
         if self.board is not None and record.get("event") == "knn":
-            self.board.add_scalar("knn", record["knn"], record["step"])
+            for name in ("knn", "linear"):
+                if name in record:
+                    self.board.add_scalar(name, record[name], record["step"])
 
     def close(self) -> None:
         if self.board is not None:
@@ -350,23 +360,29 @@ def _resumed_batch(state: dict[str, Any], world_size: int, asked: int, report: b
 
 
 def _knn_monitor(method: Method, config: PretrainConfig, device: torch.device) -> dict[str, Any]:
-    """The kNN monitor of `knn_every`: weighted kNN accuracy of the backbone as it is now on the
-    held-out labelled set (centre views, the probe input the method trains its backbone on)."""
+    """The monitor of `knn_every`: weighted kNN accuracy of the backbone as it is now on the
+    held-out labelled set (centre views, the probe input the method trains its backbone on), and
+    with `monitor_linear` the linear probe's; `seconds` is what it took (not pretraining time)."""
     from fastssl.train.evaluate import evaluate
 
     was_training = method.training
+    started = time.perf_counter()
     try:
         result = evaluate(
             method.backbone, config.knn_data, size=config.size, test_data=config.knn_test_data,
-            probes=("knn",), device=device, backend=config.backend, input=method.probe_input,
+            probes=("knn", "linear") if config.monitor_linear else ("knn",), device=device,
+            backend=config.backend, input=method.probe_input,
         )  # fmt: skip
     finally:
         method.train(was_training)
-    return {
+    record = {
         "knn": result["knn"],
         "knn_train_samples": result["train_samples"],
         "knn_test_samples": result["test_samples"],
     }
+    if config.monitor_linear:
+        record["linear"] = result["linear"]
+    return {**record, "seconds": round(time.perf_counter() - started, 2)}
 
 
 def _recluster(
@@ -426,7 +442,7 @@ def pretrain(config: PretrainConfig) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     if rank == 0:  # the one writer of checkpoints clears what a killed writer left
         _clear_stale_temporaries(out / CHECKPOINT)
-    config = with_class_count(config)
+    config = with_derived_options(config)
     method = build_method(config)
     recipe = build_recipe(method, config)
     checkpoint_path = out / CHECKPOINT

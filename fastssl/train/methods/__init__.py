@@ -9,6 +9,7 @@ from fastssl.train.methods.context import ContextPrediction
 from fastssl.train.methods.cpc import CPC
 from fastssl.train.methods.deepcluster import DeepCluster
 from fastssl.train.methods.dino import DINO
+from fastssl.train.methods.distill import Distill
 from fastssl.train.methods.inpainting import Inpainting
 from fastssl.train.methods.jigsaw import Jigsaw
 from fastssl.train.methods.mocov2 import MoCoV2
@@ -22,7 +23,7 @@ METHODS: dict[str, type[Method]] = {
     m.name: m
     for m in (
         SimCLR, MoCoV2, MoCoV3, BYOL, DINO, RotNet, Jigsaw, ContextPrediction, CPC, Colorization, Inpainting,
-        SuperResolution, Supervised, DeepCluster,
+        SuperResolution, Supervised, DeepCluster, Distill,
     )
 }  # fmt: skip
 
@@ -32,6 +33,7 @@ __all__ = [
     "Colorization",
     "DINO",
     "DeepCluster",
+    "Distill",
     "Inpainting",
     "METHODS",
     "ContextPrediction",
