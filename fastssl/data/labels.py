@@ -58,24 +58,29 @@ def write_label_file(
 def label_file_classes(path: str | os.PathLike) -> int:
     """The number of classes a label sidecar declares, from its header line alone."""
     with open(path) as f:
-        first = f.readline()
+        return int(_header(path, f.readline())["classes"])
+
+
+def _header(path: str | os.PathLike, first: str) -> dict[str, Any]:
+    """The JSON of a sidecar's first line, with an int `classes`; a ValueError naming the file."""
     if not first.startswith(HEADER):
         raise ValueError(
             f"{path} is not a fastssl label file (its first line is not {HEADER.strip()!r} + JSON)"
         )
     try:
-        return int(json.loads(first[len(HEADER) :])["classes"])
+        meta = json.loads(first[len(HEADER) :])
+        meta["classes"] = int(meta["classes"])
     except (ValueError, KeyError, TypeError) as err:
         raise ValueError(f"{path}, line 1: the header needs JSON with 'classes' ({err})") from None
+    return meta
 
 
 def read_label_file(path: str | os.PathLike) -> LabelFile:
     """A label sidecar's contents; a malformed line is a ValueError naming the file and line."""
     path = Path(path)
-    classes = label_file_classes(path)
     with open(path) as f:
-        meta = json.loads(f.readline()[len(HEADER) :])
-        meta.pop("classes")
+        meta = _header(path, f.readline())
+        classes = meta.pop("classes")
         keys: list[str] = []
         values: list[int] = []
         seen: set[str] = set()

@@ -113,27 +113,30 @@ def _torch_kmeans(x: torch.Tensor, k: int, niter: int, seed: int) -> Clusters:
     centroids = x[torch.randperm(len(x), generator=generator)[:k].to(x.device)].clone()
     resplits = 0
     for _ in range(niter):
-        labels, _ = assign(x, centroids)
-        sums = torch.zeros_like(centroids).index_add_(0, labels, x)
-        counts = torch.bincount(labels, minlength=k)
-        populated = counts > 0
-        centroids[populated] = sums[populated] / counts[populated, None].to(x.dtype)
-        resplits += _split_empty(centroids, counts, generator)
+        resplits += _update(x, centroids, assign(x, centroids)[0], generator)
     for _ in range(_REPAIR_ROUNDS):  # a split in the last iteration may leave a half without points
-        labels, distances = assign(x, centroids)
-        counts = torch.bincount(labels, minlength=k)
-        if (counts > 0).all():
+        labels, _ = assign(x, centroids)
+        if (torch.bincount(labels, minlength=k) > 0).all():
             break
-        populated = counts > 0
-        sums = torch.zeros_like(centroids).index_add_(0, labels, x)
-        centroids[populated] = sums[populated] / counts[populated, None].to(x.dtype)
-        split = _split_empty(centroids, counts, generator)
+        split = _update(x, centroids, labels, generator)
         resplits += split
         if not split:
             break
     labels, distances = assign(x, centroids)
     empty = int((torch.bincount(labels, minlength=k) == 0).sum())
     return Clusters(centroids, labels, distances, resplits, empty, "torch")
+
+
+def _update(
+    x: torch.Tensor, centroids: torch.Tensor, labels: torch.Tensor, generator: torch.Generator
+) -> int:
+    """One Lloyd update in place: each populated centroid to its points' mean, then the empty
+    ones re-split (`_split_empty`, whose count it returns)."""
+    sums = torch.zeros_like(centroids).index_add_(0, labels, x)
+    counts = torch.bincount(labels, minlength=len(centroids))
+    populated = counts > 0
+    centroids[populated] = sums[populated] / counts[populated, None].to(x.dtype)
+    return _split_empty(centroids, counts, generator)
 
 
 def _split_empty(centroids: torch.Tensor, counts: torch.Tensor, generator: torch.Generator) -> int:

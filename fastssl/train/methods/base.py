@@ -76,6 +76,11 @@ def valid_mask(batch: dict[str, Any], n: int, device: torch.device) -> torch.Ten
     return torch.ones(n, dtype=torch.bool, device=device) if valid is None else valid.to(device).bool()
 
 
+def labelled_mask(batch: dict[str, Any], labels: torch.Tensor, n: int, device: torch.device) -> torch.Tensor:
+    """`valid_mask` and a label (>= 0; -1 marks none): the samples a classification loss counts."""
+    return valid_mask(batch, n, device) & (labels.to(device) >= 0)
+
+
 def global_crops(views: Sequence[torch.Tensor]) -> int:
     """How many leading views are global crops: those of the first view's resolution
     (`recipes.MultiCrop` puts its global crops first; a two-view recipe has two)."""

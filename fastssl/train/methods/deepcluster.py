@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fastssl.recipes import Crop, Recipe
-from fastssl.train.methods.base import Method, refuse_multi_crop, valid_mask
+from fastssl.train.methods.base import Method, labelled_mask, refuse_multi_crop
 
 
 class DeepCluster(Method):
@@ -70,6 +70,6 @@ class DeepCluster(Method):
                 "DeepCluster's batches carry no pseudo-labels: the loop clusters before each epoch"
             )
         views = batch["views"][0]
-        valid = valid_mask(batch, len(views), views.device) & (labels.to(views.device) >= 0)
+        valid = labelled_mask(batch, labels, len(views), views.device)
         scores = self.classifier(self.backbone(views))
         return F.cross_entropy(scores[valid], labels.to(views.device)[valid])

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fastssl.recipes import Crop, Recipe
-from fastssl.train.methods.base import Method, refuse_multi_crop, valid_mask
+from fastssl.train.methods.base import Method, labelled_mask, refuse_multi_crop, valid_mask
 
 KINDS = ("kd", "fitnets", "rkd", "embedding")
 
@@ -138,10 +138,11 @@ class Distill(Method):
 
     def loss(self, batch: dict[str, Any]) -> torch.Tensor:
         views = batch["views"][0]
-        valid = valid_mask(batch, len(views), views.device)
         labels = batch.get("label")
-        if labels is not None:
-            valid = valid & (labels.to(views.device) >= 0)
+        if labels is None:
+            valid = valid_mask(batch, len(views), views.device)
+        else:
+            valid = labelled_mask(batch, labels, len(views), views.device)
         with torch.no_grad():
             teacher_features = self._teacher_features(views)
             teacher_logits = self.teacher.classifier(teacher_features) if self.kind == "kd" else None

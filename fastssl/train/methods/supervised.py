@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fastssl.recipes import Crop, Recipe
-from fastssl.train.methods.base import Method, refuse_multi_crop, valid_mask
+from fastssl.train.methods.base import Method, labelled_mask, refuse_multi_crop
 
 
 class Supervised(Method):
@@ -49,7 +49,7 @@ class Supervised(Method):
                 "(--labels, as fastssl pseudo-label writes)"
             )
         views = batch["views"]
-        valid = valid_mask(batch, len(views[0]), views[0].device) & (labels >= 0)
+        valid = labelled_mask(batch, labels, len(views[0]), views[0].device)
         targets = labels.to(views[0].device).repeat(len(views))
         scores = self.logits(torch.cat(views))
         return F.cross_entropy(
